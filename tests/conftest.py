@@ -23,7 +23,7 @@ class _CompatClientResponse(aiohttp.ClientResponse):
 
 
 # aioresponses falls back to the module-global name when a registration gives no class.
-aioresponses.core.ClientResponse = _CompatClientResponse  # type: ignore[misc]
+aioresponses.core.ClientResponse = _CompatClientResponse  # type: ignore[attr-defined]
 
 # Canary values: tests look for these strings in logs, reprs, errors and CLI output.
 CANARY_CLIENT_ID = "canary-client-id-7Q2"

@@ -9,7 +9,7 @@ someone sets the wall clock back. Tests swap both for :class:`zoomtoken.testing.
 from __future__ import annotations
 
 import asyncio
-import time
+import time as _time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -37,8 +37,8 @@ class SystemClock:
     __slots__ = ()
 
     # Builtins bound as attributes: the hot path calls them with no Python frame in between.
-    time = staticmethod(time.time)
-    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(_time.time)
+    monotonic = staticmethod(_time.monotonic)
 
     def __repr__(self) -> str:
         return "SystemClock()"
