@@ -1,0 +1,847 @@
+"""TokenManager: the hot path, the single flight, the background refresher and the lifecycle.
+
+Clocks: token deadlines are wall-clock instants (``clock.time()``, epoch seconds); cool-downs,
+retry budgets and lease waits are measured on ``clock.monotonic()`` (seconds). Durations are
+seconds everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+from collections.abc import Mapping
+from typing import Any, Self
+
+import aiohttp
+
+from ._clock import Clock, Sleep, SystemClock, real_sleep
+from ._events import Event, EventHook, EventKind, ManagerStatus
+from ._exceptions import (
+    ConfigurationError,
+    InvalidResponseError,
+    LeaseLostError,
+    ManagerClosedError,
+    OutcomeUnknownError,
+    ReauthorizationRequiredError,
+    RefreshError,
+    StoreError,
+    TokenExpiredError,
+    ZoomTokenError,
+)
+from ._oauth import ZOOM_REVOKE_URL, ZOOM_TOKEN_URL, OAuthClient
+from ._retry import RetryPolicy, build_retrying, cooldown_for
+from ._token import Token, TokenState
+from .stores._base import Lease, TokenStore
+
+__all__ = ["TokenManager"]
+
+logger = logging.getLogger("zoomtoken")
+
+# The refresher never sleeps longer than this in one go, then re-reads the wall clock: the
+# event loop's monotonic clock stops while a machine is suspended, so one long sleep could
+# wake up well past the token's expiry.
+MAX_SLEEP_CHUNK = 15.0
+# Two background refreshes never start closer than this: a server that hands out tokens
+# already near their end must not turn the refresher into a hot loop.
+MIN_REFRESH_INTERVAL = 1.0
+# invalidate() (an API answered 401) refreshes at most this often: an API that rejects even
+# brand-new tokens must not drive a refresh per request.
+MIN_INVALIDATE_INTERVAL = 10.0
+# A lease outlives the whole retry budget plus one request timeout, with this much to spare,
+# so it never lapses while its holder still might save.
+LEASE_MARGIN = 10.0
+# First and largest pause between polls for a lease another process holds.
+LEASE_POLL_FIRST = 0.05
+LEASE_POLL_MAX = 1.0
+# Smallest retry budget a burst gets, so a nearly expired token still gets one real attempt.
+MIN_BURST_BUDGET = 1.0
+
+
+def _require(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{name} is missing or empty")
+    return value.strip()
+
+
+class _Flight:
+    """One refresh shared by every caller that needs it."""
+
+    __slots__ = ("expired_wait_emitted", "min_generation", "task")
+
+    def __init__(self, task: asyncio.Task[Token], min_generation: int | None) -> None:
+        self.task = task
+        self.min_generation = min_generation
+        self.expired_wait_emitted = False
+
+
+class TokenManager:
+    """Keeps one OAuth grant's access token fresh for every coroutine of a process.
+
+    Use it as ``async with TokenManager(...) as manager:`` (or ``start()`` / ``aclose()``) to run
+    the background refresher; ``await manager.get_token()`` returns a valid access token.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: str,
+        refresh_token: str | None = None,
+        account_id: str | None = None,
+        store: TokenStore | None = None,
+        token_url: str = ZOOM_TOKEN_URL,
+        revoke_url: str = ZOOM_REVOKE_URL,
+        session: aiohttp.ClientSession | None = None,
+        clock: Clock | None = None,
+        sleep: Sleep | None = None,
+        on_event: EventHook | None = None,
+        retry: RetryPolicy | None = None,
+        http_timeout: float = 10.0,
+        lease_ttl: float | None = None,
+        rng: random.Random | None = None,
+        close_store: bool = False,
+    ) -> None:
+        """Configure the manager; nothing runs until the first ``await``.
+
+        ``refresh_token`` seeds a grant when ``store`` holds nothing yet (a stored pair always
+        wins: it is newer). ``account_id`` selects Server-to-Server OAuth instead. ``clock`` and
+        ``sleep`` are injectable for tests; ``http_timeout`` (seconds) bounds one request;
+        ``lease_ttl`` (seconds) defaults to the retry budget plus one request plus a margin.
+        """
+        client_id = _require("client_id", client_id)
+        client_secret = _require("client_secret", client_secret)
+        if refresh_token is not None:
+            refresh_token = _require("refresh_token", refresh_token)
+        if account_id is not None:
+            account_id = _require("account_id", account_id)
+            if refresh_token is not None:
+                raise ConfigurationError("give either refresh_token or account_id, not both")
+        if http_timeout <= 0:
+            raise ConfigurationError("http_timeout must be positive")
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        # Bound once: the hot path calls it with no attribute lookup on the clock.
+        self._wall = self._clock.time
+        self._sleep: Sleep = sleep if sleep is not None else real_sleep
+        self._oauth = OAuthClient(
+            client_id=client_id,
+            client_secret=client_secret,
+            token_url=token_url,
+            revoke_url=revoke_url,
+            clock=self._clock,
+            timeout=http_timeout,
+        )
+        self._seed_refresh_token = refresh_token
+        self._account_id = account_id
+        self._store = store
+        self._close_store = close_store
+        self._session = session
+        self._owns_session = session is None
+        self._on_event = on_event
+        self._policy = retry if retry is not None else RetryPolicy()
+        self._lease_ttl = (
+            lease_ttl
+            if lease_ttl is not None
+            else self._policy.budget + http_timeout + LEASE_MARGIN
+        )
+        self._rng = rng if rng is not None else random.Random()
+
+        # The published token: read lock-free by the hot path, replaced in one assignment.
+        self._token: Token | None = None
+        # wall - monotonic when the token was published: lets the refresher notice a wall
+        # clock set backwards (it then trusts the monotonic clock).
+        self._clock_offset = 0.0
+        # A rotated pair we could not persist yet: the next refresh saves it instead of
+        # POSTing, because its refresh token is the only live one.
+        self._unsaved: Token | None = None
+        self._loaded = False
+        self._load_task: asyncio.Task[None] | None = None
+        self._flight: _Flight | None = None
+        self._background: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+        # Number of refreshes inside the send-to-save window, where cancelling loses a grant.
+        self._critical = 0
+
+        self._dead: ReauthorizationRequiredError | None = None
+        self._last_error: ZoomTokenError | None = None
+        self._failed_bursts = 0
+        self._next_burst_at = 0.0  # monotonic
+        self._last_success_at: float | None = None  # monotonic
+        self._last_invalidate_at: float | None = None  # monotonic
+        self._stale_event_generation: int | None = None
+
+        self._refreshes = 0
+        self._failures = 0
+        self._retries = 0
+        self._stale_serves = 0
+        self._adopted = 0
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> TokenManager:
+        """Build a manager from ``ZOOM_CLIENT_ID``, ``ZOOM_CLIENT_SECRET`` and either
+        ``ZOOM_REFRESH_TOKEN`` / ``ZOOM_TOKEN_STORE`` (a file path) or ``ZOOM_ACCOUNT_ID``.
+
+        ``ZOOM_TOKEN_URL`` and ``ZOOM_REVOKE_URL`` override the endpoints; keyword ``options``
+        override anything. A missing or empty setting raises :class:`ConfigurationError`.
+        """
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value and value.strip() else None
+
+        missing = [
+            name
+            for name in ("ZOOM_CLIENT_ID", "ZOOM_CLIENT_SECRET")
+            if get(name) is None and name.lower().removeprefix("zoom_") not in options
+        ]
+        if missing:
+            raise ConfigurationError(f"missing or empty environment variable(s): {missing}")
+        kwargs: dict[str, Any] = {
+            "client_id": get("ZOOM_CLIENT_ID"),
+            "client_secret": get("ZOOM_CLIENT_SECRET"),
+        }
+        if get("ZOOM_ACCOUNT_ID"):
+            kwargs["account_id"] = get("ZOOM_ACCOUNT_ID")
+        if get("ZOOM_REFRESH_TOKEN"):
+            kwargs["refresh_token"] = get("ZOOM_REFRESH_TOKEN")
+        for name, key in (("ZOOM_TOKEN_URL", "token_url"), ("ZOOM_REVOKE_URL", "revoke_url")):
+            if get(name):
+                kwargs[key] = get(name)
+        store_path = get("ZOOM_TOKEN_STORE")
+        if store_path and "store" not in options:
+            from .stores.file import FileStore
+
+            kwargs["store"] = FileStore(store_path)
+            kwargs["close_store"] = True
+        kwargs.update(options)
+        if (
+            kwargs.get("refresh_token") is None
+            and kwargs.get("account_id") is None
+            and kwargs.get("store") is None
+        ):
+            raise ConfigurationError(
+                "set ZOOM_REFRESH_TOKEN, ZOOM_TOKEN_STORE (a file holding a token pair) "
+                "or ZOOM_ACCOUNT_ID (Server-to-Server OAuth)"
+            )
+        return cls(**kwargs)
+
+    def __repr__(self) -> str:
+        token = self._token
+        state = "none" if token is None else token.state(self._wall()).value
+        generation = None if token is None else token.generation
+        return (
+            f"<TokenManager state={state} generation={generation} "
+            f"token_url={str(self._oauth.token_url)!r}{' closed' if self._closed else ''}>"
+        )
+
+    # ------------------------------------------------------------------ hot path
+
+    async def get_token(self) -> str:
+        """A valid access token: lock-free while FRESH; waits for a refresh only if EXPIRED.
+
+        Raises :class:`TokenExpiredError` (chained to the last failure) when no valid token
+        can be had, :class:`ReauthorizationRequiredError` once the grant is dead.
+        """
+        token = self._token
+        if token is not None and self._wall() < token.refresh_at:
+            return token.access_token
+        return await self._get_token_slow()
+
+    async def _get_token_slow(self) -> str:
+        self._check_open()
+        if not self._loaded:
+            await self._ensure_loaded()
+        token = self._token
+        if token is not None:
+            state = token.state(self._now())
+            if state is TokenState.FRESH:
+                return token.access_token
+            if state is TokenState.STALE:
+                self._stale_serves += 1
+                if self._stale_event_generation != token.generation:
+                    self._stale_event_generation = token.generation
+                    self._emit(EventKind.TOKEN_STALE, generation=token.generation)
+                self._ensure_refresh_under_way()
+                return token.access_token
+        fresh = await self._wait_for_refresh(min_generation=None, explicit=False)
+        return fresh.access_token
+
+    # ------------------------------------------------------------------ public operations
+
+    async def refresh(self, *, force: bool = False) -> str:
+        """Refresh now if the token is not FRESH, or always with ``force=True``; return it.
+
+        Joins a refresh already in flight. Errors are raised as they are (typed
+        :class:`RefreshError` or :class:`ReauthorizationRequiredError`).
+        """
+        self._check_open()
+        await self._ensure_loaded()
+        token = self._token
+        if not force and token is not None and token.state(self._now()) is TokenState.FRESH:
+            return token.access_token
+        min_generation = token.generation if (force and token is not None) else None
+        fresh = await self._wait_for_refresh(min_generation=min_generation, explicit=True)
+        return fresh.access_token
+
+    async def invalidate(self, access_token: str) -> str:
+        """Report that the API rejected ``access_token`` (HTTP 401); return the token to use.
+
+        Refreshes only if ``access_token`` is still the current one, and at most once per
+        ``MIN_INVALIDATE_INTERVAL`` seconds; otherwise returns the current token.
+        """
+        self._check_open()
+        await self._ensure_loaded()
+        token = self._token
+        if token is None or token.access_token != access_token:
+            return await self.get_token()
+        now = self._clock.monotonic()
+        last = self._last_invalidate_at
+        if self._flight is None and last is not None and now - last < MIN_INVALIDATE_INTERVAL:
+            logger.info("invalidate ignored: a token was invalidated %.1fs ago", now - last)
+            return await self.get_token()
+        self._last_invalidate_at = now
+        fresh = await self._wait_for_refresh(min_generation=token.generation, explicit=True)
+        return fresh.access_token
+
+    async def revoke(self) -> None:
+        """Revoke the grant upstream, then forget the tokens here and in the store.
+
+        The tokens are cleared whatever the endpoint answers (Zoom revokes the whole grant on
+        an access-token revoke); an endpoint error is raised after clearing.
+        """
+        self._check_open()
+        with contextlib.suppress(StoreError):
+            await self._ensure_loaded()
+        flight = self._flight
+        if flight is not None:
+            # Let a refresh in flight land first, so the token we revoke is the live one.
+            try:
+                await asyncio.shield(flight.task)
+            except Exception:
+                logger.debug("refresh in flight failed before revoke")
+        token = self._token
+        try:
+            if token is not None:
+                await self._oauth.revoke(self._http(), token.access_token)
+        finally:
+            generation = None if token is None else token.generation
+            self._token = None
+            self._unsaved = None
+            self._seed_refresh_token = None
+            self._dead = ReauthorizationRequiredError(
+                "the grant was revoked: authorise the app again"
+            )
+            try:
+                if self._store is not None:
+                    await self._store.clear()
+            finally:
+                logger.info("grant revoked and tokens cleared (generation %s)", generation)
+                self._emit(EventKind.REVOKED, generation=generation)
+
+    def status(self) -> ManagerStatus:
+        """A snapshot of state, expiry, generation, last error and counters."""
+        token = self._token
+        now = self._now()
+        mono = self._clock.monotonic()
+        return ManagerStatus(
+            state=None if token is None else token.state(now),
+            seconds_to_expiry=None if token is None else token.seconds_to_expiry(now),
+            generation=None if token is None else token.generation,
+            last_error=self._last_error,
+            reauthorization_required=self._dead is not None,
+            cooldown_remaining=max(0.0, self._next_burst_at - mono),
+            refreshes=self._refreshes,
+            failures=self._failures,
+            retries=self._retries,
+            stale_serves=self._stale_serves,
+            adopted=self._adopted,
+            token_posts=self._oauth.token_posts,
+            closed=self._closed,
+        )
+
+    @property
+    def state(self) -> TokenState | None:
+        """State of the current token (``None`` when there is none)."""
+        token = self._token
+        return None if token is None else token.state(self._now())
+
+    @property
+    def generation(self) -> int | None:
+        """Generation of the current token (``None`` when there is none)."""
+        token = self._token
+        return None if token is None else token.generation
+
+    @property
+    def last_error(self) -> ZoomTokenError | None:
+        """The last refresh failure, if any."""
+        return self._last_error
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load the stored token and start the background refresher (idempotent)."""
+        self._check_open()
+        if self._started:
+            return
+        self._started = True
+        await self._ensure_loaded()
+        self._background = asyncio.get_running_loop().create_task(
+            self._run_background(), name="zoomtoken-refresher"
+        )
+
+    async def aclose(self) -> None:
+        """Stop the refresher, close what the manager owns, leave no task behind.
+
+        A refresh caught between sending its request and saving the answer is awaited, not
+        cancelled: cancelling there would lose the only live refresh token.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        tasks: list[asyncio.Task[Any]] = []
+        if self._background is not None:
+            self._background.cancel()
+            tasks.append(self._background)
+        flight = self._flight
+        if flight is not None:
+            if self._critical == 0:
+                flight.task.cancel()
+            tasks.append(flight.task)
+        if self._load_task is not None:
+            tasks.append(self._load_task)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._token = None
+        try:
+            if self._owns_session and self._session is not None:
+                await self._session.close()
+        finally:
+            self._session = None
+            if self._close_store and self._store is not None:
+                await self._store.aclose()
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ internals: time
+
+    def _now(self) -> float:
+        """Effective wall-clock now: never behind the monotonic clock's view of it."""
+        return max(self._wall(), self._clock.monotonic() + self._clock_offset)
+
+    def _emit(self, kind: EventKind, **fields: Any) -> None:
+        hook = self._on_event
+        if hook is None:
+            return
+        try:
+            hook(Event(kind, **fields))
+        except Exception as exc:
+            # A broken metrics hook must never break token refreshes.
+            logger.warning("on_event hook raised %s for %s", type(exc).__name__, kind.value)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ManagerClosedError("the TokenManager is closed")
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Created lazily so it binds to the running loop, never to one at construction time.
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    # ------------------------------------------------------------------ internals: store
+
+    async def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        if self._load_task is None:
+            self._load_task = asyncio.get_running_loop().create_task(self._load())
+        task = self._load_task
+        try:
+            await asyncio.shield(task)
+        finally:
+            if task.done() and self._load_task is task and not self._loaded:
+                # Failed: let the next caller try again rather than caching the error.
+                self._load_task = None
+
+    async def _load(self) -> None:
+        if self._store is not None:
+            stored = await self._store.load()
+            if stored is not None:
+                self._publish(stored)
+        self._loaded = True
+
+    def _publish(self, token: Token) -> None:
+        self._clock_offset = self._wall() - self._clock.monotonic()
+        self._token = token
+
+    async def _adopt_from_store(self, min_generation: int | None) -> Token | None:
+        """Re-read the store; publish a newer pair. Returns it if it serves the request."""
+        if self._store is None:
+            return None
+        stored = await self._store.load()
+        current = self._token
+        if stored is None:
+            return None
+        if current is not None and stored.generation <= current.generation:
+            return None
+        # Newer than ours: its refresh token is the live one even if its access token is not.
+        self._publish(stored)
+        state = stored.state(self._now())
+        wanted = (
+            state is not TokenState.EXPIRED
+            if min_generation is not None
+            else state is TokenState.FRESH
+        )
+        if not wanted:
+            return None
+        self._adopted += 1
+        logger.info("adopted generation %d written by another process", stored.generation)
+        self._emit(EventKind.TOKEN_ADOPTED, generation=stored.generation)
+        return stored
+
+    async def _acquire_lease(
+        self, store: TokenStore, min_generation: int | None
+    ) -> tuple[Lease | None, Token | None]:
+        """Take the cross-process lease, or adopt what the holder produced meanwhile."""
+        give_up_at = self._clock.monotonic() + self._lease_ttl + LEASE_POLL_MAX
+        delay = LEASE_POLL_FIRST
+        while True:
+            lease = await store.try_acquire_lease(ttl=self._lease_ttl)
+            if lease is not None:
+                return lease, None
+            adopted = await self._adopt_from_store(min_generation)
+            if adopted is not None:
+                return None, adopted
+            if self._clock.monotonic() + delay >= give_up_at:
+                raise LeaseLostError(
+                    "another process holds the refresh lease and produced no new token"
+                )
+            await self._sleep(delay)
+            delay = min(delay * 2, LEASE_POLL_MAX)
+
+    # ------------------------------------------------------------------ internals: flight
+
+    def _in_cooldown(self) -> bool:
+        return self._clock.monotonic() < self._next_burst_at
+
+    def _ensure_refresh_under_way(self) -> None:
+        if self._flight is None and self._dead is None and not self._in_cooldown():
+            self._start_flight(min_generation=None)
+
+    def _start_flight(self, *, min_generation: int | None) -> _Flight:
+        task = asyncio.get_running_loop().create_task(
+            self._refresh_flight(min_generation), name="zoomtoken-refresh"
+        )
+        flight = _Flight(task, min_generation)
+        self._flight = flight
+        task.add_done_callback(self._flight_done)
+        return flight
+
+    def _flight_done(self, task: asyncio.Task[Token]) -> None:
+        flight = self._flight
+        if flight is not None and flight.task is task:
+            self._flight = None
+        if not task.cancelled():
+            # Mark the exception retrieved: a refresh nobody awaited must not warn.
+            task.exception()
+
+    async def _wait_for_refresh(self, *, min_generation: int | None, explicit: bool) -> Token:
+        """Join (or start) the single flight and return its token, raising typed errors."""
+        if self._dead is not None:
+            raise ReauthorizationRequiredError(
+                self._dead.message,
+                status=self._dead.status,
+                error=self._dead.error,
+                reason=self._dead.reason,
+            ) from self._dead
+        flight = self._flight
+        if flight is None:
+            if not explicit and self._in_cooldown():
+                wait = self._next_burst_at - self._clock.monotonic()
+                raise TokenExpiredError(
+                    f"no valid access token: the last refresh failed; next attempt in {wait:.1f}s"
+                ) from self._last_error
+            flight = self._start_flight(min_generation=min_generation)
+        if not explicit and not flight.expired_wait_emitted:
+            flight.expired_wait_emitted = True
+            self._emit(EventKind.EXPIRED_WAIT, generation=self.generation)
+        try:
+            token = await asyncio.shield(flight.task)
+        except ReauthorizationRequiredError as exc:
+            raise ReauthorizationRequiredError(
+                exc.message, status=exc.status, error=exc.error, reason=exc.reason
+            ) from exc
+        except asyncio.CancelledError:
+            if self._closed:
+                raise ManagerClosedError("the TokenManager was closed during a refresh") from None
+            raise
+        except Exception as exc:
+            if explicit and isinstance(exc, ZoomTokenError):
+                raise type(exc)(
+                    exc.message,
+                    status=exc.status,
+                    error=exc.error,
+                    reason=exc.reason,
+                    retryable=exc.retryable,
+                ) from exc
+            raise TokenExpiredError(
+                "no valid access token: the refresh failed"
+                + (f" ({exc.message})" if isinstance(exc, ZoomTokenError) else "")
+            ) from exc
+        if min_generation is not None and token.generation <= min_generation:
+            # We joined a flight that started before our request; run one more.
+            return await self._wait_for_refresh(min_generation=min_generation, explicit=explicit)
+        if token.state(self._now()) is TokenState.EXPIRED:
+            raise TokenExpiredError("the refreshed token was already expired on arrival")
+        return token
+
+    async def _refresh_flight(self, min_generation: int | None) -> Token:
+        generation = self.generation
+        self._emit(EventKind.REFRESH_STARTED, generation=generation)
+        try:
+            token = await self._refresh(min_generation)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = (
+                exc
+                if isinstance(exc, ZoomTokenError)
+                else RefreshError(f"unexpected {type(exc).__name__} during refresh")
+            )
+            self._record_failure(error)
+            if error is not exc:
+                raise error from exc
+            raise
+        self._failed_bursts = 0
+        self._next_burst_at = 0.0
+        self._last_success_at = self._clock.monotonic()
+        if token.state(self._now()) is TokenState.EXPIRED:
+            # Saved and published (its refresh token is live), but unusable: treat as a failed
+            # burst so the cool-down stops a hot loop of refreshes.
+            self._record_failure(
+                InvalidResponseError(
+                    "the new token was already past its deadline on arrival "
+                    "(request latency or clock skew exceeds its lifetime)"
+                )
+            )
+        else:
+            self._emit(EventKind.REFRESH_SUCCEEDED, generation=token.generation)
+        return token
+
+    def _record_failure(self, error: ZoomTokenError) -> None:
+        self._last_error = error
+        self._failures += 1
+        if isinstance(error, ReauthorizationRequiredError):
+            self._dead = error
+            logger.error("refresh failed for good, re-authorisation required: %s", error.message)
+        else:
+            self._failed_bursts += 1
+            retry_after = getattr(error, "retry_after", None)
+            cooldown = cooldown_for(self._failed_bursts, retry_after)
+            self._next_burst_at = self._clock.monotonic() + cooldown
+            logger.warning(
+                "refresh failed (%s): %s; next attempt in %.1fs",
+                type(error).__name__,
+                error.message,
+                cooldown,
+            )
+        self._emit(EventKind.REFRESH_FAILED, generation=self.generation, error=error)
+
+    def _burst_stop_at(self) -> float:
+        """Monotonic instant by which this burst must stop retrying."""
+        budget = self._policy.budget
+        token = self._token
+        now = self._now()
+        if token is not None and token.state(now) is not TokenState.EXPIRED:
+            # Never retry past the point where the old token stops being served.
+            budget = min(budget, token.hard_deadline - now)
+        return self._clock.monotonic() + max(budget, MIN_BURST_BUDGET)
+
+    async def _refresh(self, min_generation: int | None) -> Token:
+        store = self._store
+        lease: Lease | None = None
+        try:
+            if store is not None:
+                # Re-read first: another process may have refreshed while we were STALE.
+                adopted = await self._adopt_from_store(min_generation)
+                if adopted is not None:
+                    return adopted
+                if store.shared:
+                    lease, adopted = await self._acquire_lease(store, min_generation)
+                    if adopted is not None:
+                        return adopted
+                    # Re-read under the lease: the previous holder may have saved just now.
+                    adopted = await self._adopt_from_store(min_generation)
+                    if adopted is not None:
+                        return adopted
+            if self._unsaved is not None:
+                return await self._save_and_publish(self._unsaved, lease)
+            try:
+                fresh = await self._fetch(self._burst_stop_at())
+            except ReauthorizationRequiredError as exc:
+                if exc.error == "invalid_grant" or exc.error == "invalid_request":
+                    # Another process may have rotated the pair under us: a recovered race,
+                    # not a dead grant, if the store now holds something newer.
+                    adopted = await self._adopt_from_store(min_generation)
+                    if adopted is not None:
+                        logger.warning("invalid_grant recovered: another process had rotated")
+                        return adopted
+                raise
+            return await self._save_and_publish(fresh, lease)
+        finally:
+            if lease is not None:
+                try:
+                    await lease.release()
+                except Exception as exc:
+                    logger.warning("could not release the refresh lease: %s", type(exc).__name__)
+
+    async def _save_and_publish(self, fresh: Token, lease: Lease | None) -> Token:
+        """Persist ``fresh`` durably, then publish it: never the other way round."""
+        current = self._token
+        expected = None if current is None else current.generation
+        if self._unsaved is not fresh:
+            fresh = fresh.with_generation(0 if expected is None else expected + 1)
+            self._unsaved = fresh
+        if self._store is not None:
+            try:
+                await self._store.save(fresh, expected_generation=expected, lease=lease)
+            except StoreError as exc:
+                raise type(exc)(
+                    f"the new token could not be saved, so it is not used yet ({exc.message}); "
+                    "it is kept in memory and saving is retried on the next refresh"
+                ) from exc
+            except Exception as exc:
+                raise StoreError(
+                    f"the new token could not be saved ({type(exc).__name__}), so it is not "
+                    "used yet; saving is retried on the next refresh"
+                ) from exc
+        self._unsaved = None
+        self._publish(fresh)
+        self._refreshes += 1
+        logger.info(
+            "token refreshed: generation %d, lifetime %.0fs", fresh.generation, fresh.expires_in
+        )
+        return fresh
+
+    async def _fetch(self, stop_at: float) -> Token:
+        """POST the grant with retries (one fresh tenacity policy per burst)."""
+        current = self._token
+        refresh_token = current.refresh_token if current is not None else None
+        if refresh_token is None:
+            refresh_token = self._seed_refresh_token
+        account_id = self._account_id
+        if account_id is None and refresh_token is None:
+            raise ReauthorizationRequiredError(
+                "no refresh token is available: authorise the app (zoomtoken authorize) "
+                "or set ZOOM_REFRESH_TOKEN"
+            )
+        outcome_unknown = False
+        session = self._http()
+
+        def before_sleep(state: Any) -> None:
+            self._retries += 1
+            outcome = state.outcome
+            error = outcome.exception() if outcome is not None else None
+            self._emit(
+                EventKind.RETRY_SCHEDULED,
+                generation=self.generation,
+                error=error if isinstance(error, ZoomTokenError) else None,
+                attempt=state.attempt_number,
+                wait=state.upcoming_sleep,
+            )
+
+        retrying = build_retrying(
+            self._policy,
+            clock=self._clock,
+            sleep=self._sleep,
+            stop_at=stop_at,
+            rng=self._rng,
+            before_sleep=before_sleep,
+        )
+        async for attempt in retrying:
+            with attempt:
+                jitter = self._rng.random()
+                self._critical += 1
+                try:
+                    if account_id is not None:
+                        return await self._oauth.account_credentials(
+                            session, account_id, jitter=jitter
+                        )
+                    assert refresh_token is not None
+                    return await self._oauth.refresh(session, refresh_token, jitter=jitter)
+                except (OutcomeUnknownError, InvalidResponseError):
+                    outcome_unknown = True
+                    raise
+                except ReauthorizationRequiredError as exc:
+                    if outcome_unknown and exc.error in ("invalid_grant", "invalid_request"):
+                        raise ReauthorizationRequiredError(
+                            "an earlier attempt got no usable answer and the server no longer "
+                            "accepts the refresh token: it probably rotated and the answer "
+                            "was lost; re-authorise the app",
+                            status=exc.status,
+                            error=exc.error,
+                            reason=exc.reason,
+                        ) from exc
+                    raise
+                finally:
+                    self._critical -= 1
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    # ------------------------------------------------------------------ internals: background
+
+    async def _run_background(self) -> None:
+        while True:
+            try:
+                await self._background_step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The refresher must outlive any failure; failures are recorded elsewhere.
+                logger.warning("background refresher: %s", type(exc).__name__)
+                await self._sleep(MIN_REFRESH_INTERVAL)
+
+    def _next_due_in(self) -> float:
+        """Seconds until the background refresher should start a refresh (<= 0: now)."""
+        token = self._token
+        due_in = 0.0 if token is None else token.refresh_at - self._now()
+        mono = self._clock.monotonic()
+        due_in = max(due_in, self._next_burst_at - mono)
+        if self._last_success_at is not None:
+            due_in = max(due_in, self._last_success_at + MIN_REFRESH_INTERVAL - mono)
+        return due_in
+
+    async def _background_step(self) -> None:
+        if self._dead is not None or (
+            self._token is None
+            and self._unsaved is None
+            and self._seed_refresh_token is None
+            and self._account_id is None
+        ):
+            # Nothing we can refresh: wake now and then in case a token is stored later.
+            await self._sleep(MAX_SLEEP_CHUNK)
+            if self._store is not None and self._dead is None:
+                await self._adopt_from_store(None)
+            return
+        due_in = self._next_due_in()
+        if due_in > 0:
+            await self._sleep(min(due_in, MAX_SLEEP_CHUNK))
+            return
+        flight = self._flight or self._start_flight(min_generation=None)
+        # A failure is recorded by the flight; the cool-down decides when to try again.
+        with contextlib.suppress(ZoomTokenError):
+            await asyncio.shield(flight.task)
