@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Self
 
 import aiohttp
@@ -160,6 +160,7 @@ class TokenManager:
         self._load_task: asyncio.Task[None] | None = None
         self._flight: _Flight | None = None
         self._background: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
         # Number of refreshes inside the send-to-save window, where cancelling loses a grant.
@@ -391,9 +392,11 @@ class TokenManager:
             return
         self._started = True
         await self._ensure_loaded()
-        self._background = asyncio.get_running_loop().create_task(
-            self._run_background(), name="zoomtoken-refresher"
-        )
+        loop = asyncio.get_running_loop()
+        self._background = loop.create_task(self._run_background(), name="zoomtoken-refresher")
+        updates = self._store.watch() if self._store is not None else None
+        if updates is not None:
+            self._watcher = loop.create_task(self._run_watcher(updates), name="zoomtoken-watcher")
 
     async def aclose(self) -> None:
         """Stop the refresher, close what the manager owns, leave no task behind.
@@ -405,9 +408,10 @@ class TokenManager:
             return
         self._closed = True
         tasks: list[asyncio.Task[Any]] = []
-        if self._background is not None:
-            self._background.cancel()
-            tasks.append(self._background)
+        for helper in (self._background, self._watcher):
+            if helper is not None:
+                helper.cancel()
+                tasks.append(helper)
         flight = self._flight
         if flight is not None:
             if self._critical == 0:
@@ -803,6 +807,19 @@ class TokenManager:
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     # ------------------------------------------------------------------ internals: background
+
+    async def _run_watcher(self, updates: AsyncIterator[None]) -> None:
+        """Adopt tokens other processes save, as soon as the store says so (no polling)."""
+        try:
+            async for _ in updates:
+                try:
+                    await self._adopt_from_store(None)
+                except StoreError as exc:
+                    logger.warning("store notification, re-read failed: %s", type(exc).__name__)
+        finally:
+            close = getattr(updates, "aclose", None)
+            if close is not None:
+                await close()
 
     async def _run_background(self) -> None:
         while True:
