@@ -758,3 +758,63 @@ async def test_emulator_herd_and_revoke_end_to_end(clock: FakeClock) -> None:
             assert emulator.counters.revokes == 1
         finally:
             await manager.aclose()
+
+
+async def test_close_makes_a_last_attempt_to_save_an_unsaved_pair(
+    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+) -> None:
+    """A rotated pair whose save failed is written on aclose() if the store recovered."""
+    zoom = FakeZoom()
+    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
+    store = FailingSaveStore(_token(clock, age=4000), fail=1)
+    manager = make(store=store)
+    with pytest.raises(TokenExpiredError):
+        await manager.get_token()
+    await manager.aclose()
+    stored = await store.load()
+    assert stored is not None and stored.refresh_token == "rt-1"
+    assert zoom.posts == 1
+
+
+class WatchableStore(MemoryStore):
+    """A MemoryStore that notifies through watch(), like Redis pub/sub."""
+
+    def __init__(self, token: Token | None) -> None:
+        super().__init__(token)
+        self.updates: asyncio.Queue[None] = asyncio.Queue()
+
+    def watch(self) -> AsyncIterator[None]:
+        async def iterate() -> AsyncIterator[None]:
+            while True:
+                await self.updates.get()
+                yield None
+
+        return iterate()
+
+
+async def test_store_notification_is_adopted_without_a_post(
+    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+) -> None:
+    """When the store reports another process's save, the manager adopts it at once."""
+    zoom = FakeZoom()
+    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
+    old = _token(clock, age=10)
+    store = WatchableStore(old)
+    manager = make(store=store)
+    await manager.start()
+    newer = Token.issue(
+        access_token="from-elsewhere",
+        refresh_token="rt-x",
+        expires_in=3599,
+        issued_at=clock.time(),
+        jitter=0,
+        generation=1,
+    )
+    await store.save(newer, expected_generation=0)
+    store.updates.put_nowait(None)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert await manager.get_token() == "from-elsewhere"
+    assert zoom.posts == 0
+    await manager.aclose()
+    assert not any(t.get_name() == "zoomtoken-watcher" for t in asyncio.all_tasks())

@@ -414,7 +414,9 @@ class TokenManager:
                 tasks.append(helper)
         flight = self._flight
         if flight is not None:
-            if self._critical == 0:
+            # Between sending the request and saving the answer the flight holds the only live
+            # refresh token: let it finish (it is bounded by the HTTP timeout and the save).
+            if self._critical == 0 and self._unsaved is None:
                 flight.task.cancel()
             tasks.append(flight.task)
         if self._load_task is not None:
@@ -422,6 +424,8 @@ class TokenManager:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._token = None
+        if self._unsaved is not None and self._store is not None:
+            await self._last_chance_save(self._unsaved, self._store)
         try:
             if self._owns_session and self._session is not None:
                 await self._session.close()
@@ -429,6 +433,21 @@ class TokenManager:
             self._session = None
             if self._close_store and self._store is not None:
                 await self._store.aclose()
+
+    async def _last_chance_save(self, unsaved: Token, store: TokenStore) -> None:
+        """On close, try once more to persist a rotated pair an earlier save failed to write."""
+        expected = unsaved.generation - 1 if unsaved.generation > 0 else None
+        try:
+            await store.save(unsaved, expected_generation=expected)
+        except Exception as exc:
+            logger.error(
+                "closing with an unsaved rotated token (generation %d): %s; the grant will "
+                "need re-authorisation",
+                unsaved.generation,
+                type(exc).__name__,
+            )
+        else:
+            self._unsaved = None
 
     async def __aenter__(self) -> Self:
         try:
