@@ -27,6 +27,7 @@ from ._exceptions import (
     OutcomeUnknownError,
     ReauthorizationRequiredError,
     RefreshError,
+    StaleGenerationError,
     StoreError,
     TokenExpiredError,
     ZoomTokenError,
@@ -385,6 +386,11 @@ class TokenManager:
 
     # ------------------------------------------------------------------ lifecycle
 
+    async def load(self) -> None:
+        """Read the stored token into memory without refreshing anything (idempotent)."""
+        self._check_open()
+        await self._ensure_loaded()
+
     async def start(self) -> None:
         """Load the stored token and start the background refresher (idempotent)."""
         self._check_open()
@@ -512,33 +518,44 @@ class TokenManager:
         self._clock_offset = self._wall() - self._clock.monotonic()
         self._token = token
 
-    async def _adopt_from_store(self, min_generation: int | None) -> Token | None:
-        """Re-read the store; publish a newer pair. Returns it if it serves the request."""
+    def _serves(self, token: Token, start: int | None, min_generation: int | None) -> bool:
+        """Whether ``token`` answers a refresh that began at generation ``start``."""
+        if start is not None and token.generation <= start:
+            return False
+        state = token.state(self._now())
+        if min_generation is not None:
+            return state is not TokenState.EXPIRED
+        return state is TokenState.FRESH
+
+    async def _adopt_from_store(
+        self, start: int | None, min_generation: int | None
+    ) -> Token | None:
+        """Re-read the store and publish a newer pair; return a token that makes the refresh
+        begun at generation ``start`` unnecessary, if there is one (in the store or already in
+        memory, where a store notification may have put it)."""
         if self._store is None:
             return None
         stored = await self._store.load()
         current = self._token
-        if stored is None:
-            return None
-        if current is not None and stored.generation <= current.generation:
-            return None
-        # Newer than ours: its refresh token is the live one even if its access token is not.
-        self._publish(stored)
-        state = stored.state(self._now())
-        wanted = (
-            state is not TokenState.EXPIRED
-            if min_generation is not None
-            else state is TokenState.FRESH
-        )
-        if not wanted:
-            return None
-        self._adopted += 1
-        logger.info("adopted generation %d written by another process", stored.generation)
-        self._emit(EventKind.TOKEN_ADOPTED, generation=stored.generation)
-        return stored
+        if stored is not None and (current is None or stored.generation > current.generation):
+            # Newer than ours: its refresh token is the live one even if its access token is not.
+            self._publish(stored)
+            self._adopted += 1
+            logger.info("adopted generation %d from the store", stored.generation)
+            self._emit(EventKind.TOKEN_ADOPTED, generation=stored.generation)
+            if self._dead is not None:
+                # Someone re-authorised (zoomtoken authorize) and saved a new grant.
+                logger.warning("a newer token appeared in the store: refreshing resumes")
+                self._dead = None
+                self._failed_bursts = 0
+                self._next_burst_at = 0.0
+        current = self._token
+        if current is not None and self._serves(current, start, min_generation):
+            return current
+        return None
 
     async def _acquire_lease(
-        self, store: TokenStore, min_generation: int | None
+        self, store: TokenStore, start: int | None, min_generation: int | None
     ) -> tuple[Lease | None, Token | None]:
         """Take the cross-process lease, or adopt what the holder produced meanwhile."""
         give_up_at = self._clock.monotonic() + self._lease_ttl + LEASE_POLL_MAX
@@ -547,7 +564,7 @@ class TokenManager:
             lease = await store.try_acquire_lease(ttl=self._lease_ttl)
             if lease is not None:
                 return lease, None
-            adopted = await self._adopt_from_store(min_generation)
+            adopted = await self._adopt_from_store(start, min_generation)
             if adopted is not None:
                 return None, adopted
             if self._clock.monotonic() + delay >= give_up_at:
@@ -698,18 +715,19 @@ class TokenManager:
     async def _refresh(self, min_generation: int | None) -> Token:
         store = self._store
         lease: Lease | None = None
+        start = self.generation
         try:
             if store is not None:
                 # Re-read first: another process may have refreshed while we were STALE.
-                adopted = await self._adopt_from_store(min_generation)
+                adopted = await self._adopt_from_store(start, min_generation)
                 if adopted is not None:
                     return adopted
                 if store.shared:
-                    lease, adopted = await self._acquire_lease(store, min_generation)
+                    lease, adopted = await self._acquire_lease(store, start, min_generation)
                     if adopted is not None:
                         return adopted
                     # Re-read under the lease: the previous holder may have saved just now.
-                    adopted = await self._adopt_from_store(min_generation)
+                    adopted = await self._adopt_from_store(start, min_generation)
                     if adopted is not None:
                         return adopted
             if self._unsaved is not None:
@@ -720,7 +738,7 @@ class TokenManager:
                 if exc.error == "invalid_grant" or exc.error == "invalid_request":
                     # Another process may have rotated the pair under us: a recovered race,
                     # not a dead grant, if the store now holds something newer.
-                    adopted = await self._adopt_from_store(min_generation)
+                    adopted = await self._adopt_from_store(start, min_generation)
                     if adopted is not None:
                         logger.warning("invalid_grant recovered: another process had rotated")
                         return adopted
@@ -742,7 +760,7 @@ class TokenManager:
             self._unsaved = fresh
         if self._store is not None:
             try:
-                await self._store.save(fresh, expected_generation=expected, lease=lease)
+                await self._save_to_store(self._store, fresh, expected, lease)
             except StoreError as exc:
                 raise type(exc)(
                     f"the new token could not be saved, so it is not used yet ({exc.message}); "
@@ -760,6 +778,19 @@ class TokenManager:
             "token refreshed: generation %d, lifetime %.0fs", fresh.generation, fresh.expires_in
         )
         return fresh
+
+    async def _save_to_store(
+        self, store: TokenStore, fresh: Token, expected: int | None, lease: Lease | None
+    ) -> None:
+        try:
+            await store.save(fresh, expected_generation=expected, lease=lease)
+        except StaleGenerationError:
+            if expected is None or await store.load() is not None:
+                raise
+            # The store lost our pair (restarted without persistence, evicted, expired) while
+            # we hold the lease: write the only live refresh token afresh.
+            logger.warning("the store no longer holds generation %d: writing afresh", expected)
+            await store.save(fresh, expected_generation=None, lease=lease)
 
     async def _fetch(self, stop_at: float) -> Token:
         """POST the grant with retries (one fresh tenacity policy per burst)."""
@@ -832,7 +863,7 @@ class TokenManager:
         try:
             async for _ in updates:
                 try:
-                    await self._adopt_from_store(None)
+                    await self._adopt_from_store(None, None)
                 except StoreError as exc:
                     logger.warning("store notification, re-read failed: %s", type(exc).__name__)
         finally:
@@ -870,8 +901,8 @@ class TokenManager:
         ):
             # Nothing we can refresh: wake now and then in case a token is stored later.
             await self._sleep(MAX_SLEEP_CHUNK)
-            if self._store is not None and self._dead is None:
-                await self._adopt_from_store(None)
+            if self._store is not None:
+                await self._adopt_from_store(None, None)
             return
         due_in = self._next_due_in()
         if due_in > 0:
