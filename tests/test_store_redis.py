@@ -134,12 +134,12 @@ def test_invalid_url_is_a_configuration_error_without_the_password() -> None:
 
 
 def test_keys_and_channel_are_named_after_namespace_and_grant() -> None:
-    """The token, lease and channel names follow {namespace}:{grant}:{kind}."""
+    """Names follow {namespace:grant}:kind, one hash tag so a cluster keeps them in one slot."""
     store = RedisStore.from_url("redis://127.0.0.1:1/0", namespace="acme", grant="user-7")
     assert (store.token_key, store.lease_key, store.channel) == (
-        "acme:user-7:token",
-        "acme:user-7:lease",
-        "acme:user-7:updates",
+        "{acme:user-7}:token",
+        "{acme:user-7}:lease",
+        "{acme:user-7}:updates",
     )
 
 

@@ -2,9 +2,9 @@
 
 Needs redis-py (``pip install 'zoomtoken[redis]'``). Each grant uses three names::
 
-    {namespace}:{grant}:token     the token pair, JSON (holds the secrets)
-    {namespace}:{grant}:lease     the refresh lease: a random owner id, with a TTL
-    {namespace}:{grant}:updates   pub/sub channel: "<generation> <publisher id>" after a save,
+    {{namespace}:{grant}}:token     the token pair, JSON (holds the secrets)
+    {{namespace}:{grant}}:lease     the refresh lease: a random owner id, with a TTL
+    {{namespace}:{grant}}:updates   pub/sub channel: "<generation> <publisher id>" after a save,
                                   "cleared <publisher id>" after a clear; never a token
 
 Every write is one Lua script, so the checks and the write are atomic on the server: a save
@@ -176,7 +176,7 @@ def _parse(raw: bytes | str) -> Token:
 
 
 class _RedisLease:
-    """The refresh lease: ``{namespace}:{grant}:lease`` holding our random owner id."""
+    """The refresh lease: ``{{namespace}:{grant}}:lease`` holding our random owner id."""
 
     __slots__ = ("_owner", "_released", "_store")
 
@@ -265,7 +265,9 @@ class RedisStore:
         self._namespace = namespace
         self._grant = grant
         self._key_ttl_ms = 0 if not key_ttl else _ms(key_ttl)
-        prefix = f"{namespace}:{grant}"
+        # A hash tag: Redis Cluster puts every key of one grant in the same slot, which the
+        # save script (it reads the lease and writes the token) needs.
+        prefix = f"{{{namespace}:{grant}}}"
         self._token_key = f"{prefix}:token"
         self._lease_key = f"{prefix}:lease"
         self._channel = f"{prefix}:updates"
