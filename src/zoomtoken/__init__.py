@@ -6,9 +6,18 @@
         token = await manager.get_token()
 """
 
+from ._authorize import (
+    ZOOM_AUTHORIZE_URL,
+    authorization_url,
+    authorize_interactive,
+    exchange_code,
+    new_pkce_pair,
+    parse_callback,
+)
 from ._clock import Clock, SystemClock
 from ._events import Event, EventHook, EventKind, ManagerStatus
 from ._exceptions import (
+    AuthorizationError,
     ConfigurationError,
     InsecureEndpointError,
     InvalidResponseError,
@@ -35,8 +44,10 @@ from .stores import Lease, MemoryStore, TokenStore
 __version__ = "0.1.0"
 
 __all__ = [
+    "ZOOM_AUTHORIZE_URL",
     "ZOOM_REVOKE_URL",
     "ZOOM_TOKEN_URL",
+    "AuthorizationError",
     "Clock",
     "ConfigurationError",
     "Event",
@@ -67,6 +78,11 @@ __all__ = [
     "TransportError",
     "ZoomTokenError",
     "__version__",
+    "authorization_url",
+    "authorize_interactive",
+    "exchange_code",
     "is_retryable",
+    "new_pkce_pair",
+    "parse_callback",
     "parse_retry_after",
 ]

@@ -3,6 +3,7 @@
 ::
 
     ZoomTokenError
+    ├── AuthorizationError            first authorisation failed: denied, bad state, bad code
     ├── ConfigurationError            missing / empty / insecure settings
     │   └── InsecureEndpointError     plain http:// to a non-loopback host
     ├── ManagerClosedError            the manager was used after aclose()
@@ -27,6 +28,7 @@ do not apply). No message, ``repr`` or attribute ever holds a token or a client 
 from __future__ import annotations
 
 __all__ = [
+    "AuthorizationError",
     "ConfigurationError",
     "InsecureEndpointError",
     "InvalidResponseError",
@@ -75,6 +77,11 @@ class ZoomTokenError(Exception):
             if value is not None:
                 parts.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
+
+
+class AuthorizationError(ZoomTokenError):
+    """The authorisation did not produce a usable grant: consent denied, ``state`` mismatch,
+    no code in the redirect, no redirect in time, or a code refused (expired, reused)."""
 
 
 class ConfigurationError(ZoomTokenError):

@@ -336,9 +336,12 @@ class TokenManager:
             self._token = None
             self._unsaved = None
             self._seed_refresh_token = None
-            self._dead = ReauthorizationRequiredError(
-                "the grant was revoked: authorise the app again"
-            )
+            if self._account_id is None:
+                # A user grant is gone for good; a Server-to-Server token can simply be
+                # fetched again.
+                self._dead = ReauthorizationRequiredError(
+                    "the grant was revoked: authorise the app again"
+                )
             try:
                 if self._store is not None:
                     await self._store.clear()

@@ -37,6 +37,7 @@ __all__ = [
     "OAuthClient",
     "OAuthRequest",
     "account_credentials_request",
+    "authorization_code_request",
     "check_endpoint",
     "error_from_response",
     "parse_token_response",
@@ -117,6 +118,22 @@ def account_credentials_request(url: URL, authorization: str, account_id: str) -
         url=url,
         headers=_headers(authorization),
         form={"grant_type": "account_credentials", "account_id": account_id},
+    )
+
+
+def authorization_code_request(
+    url: URL, authorization: str, *, code: str, redirect_uri: str, code_verifier: str
+) -> OAuthRequest:
+    """The authorization_code grant with PKCE (RFC 7636): the verifier proves the challenge."""
+    return OAuthRequest(
+        url=url,
+        headers=_headers(authorization),
+        form={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "code_verifier": code_verifier,
+        },
     )
 
 
@@ -343,6 +360,25 @@ class OAuthClient:
     ) -> Token:
         """Fetch a Server-to-Server token for ``account_id``."""
         request = account_credentials_request(self.token_url, self._authorization, account_id)
+        return await self.request_token(session, request, jitter=jitter)
+
+    async def exchange_code(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        code: str,
+        redirect_uri: str,
+        code_verifier: str,
+        jitter: float,
+    ) -> Token:
+        """Exchange an authorization ``code`` (single use, five minutes) for a first pair."""
+        request = authorization_code_request(
+            self.token_url,
+            self._authorization,
+            code=code,
+            redirect_uri=redirect_uri,
+            code_verifier=code_verifier,
+        )
         return await self.request_token(session, request, jitter=jitter)
 
     async def revoke(self, session: aiohttp.ClientSession, token: str) -> None:

@@ -492,7 +492,8 @@ class ZoomOAuthEmulator:
       ``authorization_code`` with PKCE.
     - ``POST /oauth/revoke``: form ``token=``; revoking any token of a grant kills the grant.
     - ``GET /oauth/authorize``: approves at once as :attr:`authorize_user_id`, redirects with
-      ``code`` and ``state``.
+      ``code`` and ``state`` (codes live 300 s on ``clock.time()``, single use); with
+      :attr:`authorize_deny` set, redirects with ``error=access_denied`` instead.
     - ``/v2/...`` (any method): needs a valid, unexpired bearer token; echoes the request.
 
     Access tokens expire on ``clock.time()`` (wall clock, epoch seconds). ``latency`` seconds
@@ -523,6 +524,9 @@ class ZoomOAuthEmulator:
         self.reuse_detection = reuse_detection
         #: The user an ``/oauth/authorize`` request is approved for.
         self.authorize_user_id = "authorized-user"
+        #: When true, ``/oauth/authorize`` acts as if the user clicked "Decline": it redirects
+        #: with ``error=access_denied`` (and the ``state``) instead of a code.
+        self.authorize_deny = False
         #: The query of the last ``/oauth/authorize`` request (PKCE parameters, state...).
         self.last_authorize_query: dict[str, str] | None = None
         self.counters = EmulatorCounters()
@@ -966,6 +970,11 @@ class ZoomOAuthEmulator:
         method = query.get("code_challenge_method", "plain")
         if method not in ("plain", "S256"):
             return _oauth_error(400, "invalid_request", "Unsupported code_challenge_method.")
+        if self.authorize_deny:
+            denied = {"error": "access_denied", "error_description": "The user denied access."}
+            if "state" in query:
+                denied["state"] = query["state"]
+            raise web.HTTPFound(location=str(URL(redirect_uri).update_query(denied)))
         code = secrets.token_urlsafe(24)
         self._codes[code] = _Code(
             user_id=self.authorize_user_id,
