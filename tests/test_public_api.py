@@ -11,6 +11,7 @@ import zoomtoken
 def test_all_is_sorted_and_complete() -> None:
     """__all__ is sorted, and lists every public name the package exposes, no more."""
     exported = list(zoomtoken.__all__)
+
     # isort-style, as ruff's RUF022 keeps it: CONSTANTS, then Classes, then functions.
     def kind(name: str) -> tuple[int, str]:
         return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
