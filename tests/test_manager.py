@@ -99,6 +99,14 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
+def zoom(mock_http: aioresponses) -> FakeZoom:
+    """A rotating fake token endpoint behind aioresponses."""
+    fake = FakeZoom()
+    mock_http.post(TOKEN_URL, callback=fake, repeat=True)
+    return fake
+
+
+@pytest.fixture
 async def managers() -> AsyncIterator[list[TokenManager]]:
     """Managers built through make(); all closed after the test."""
     created: list[TokenManager] = []
@@ -136,11 +144,9 @@ async def test_fresh_token_is_served_without_any_request(
 
 
 async def test_ten_thousand_callers_on_an_expired_token_make_one_post(
-    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """10,000 concurrent get_token() on an EXPIRED token share one refresh."""
-    zoom = FakeZoom()
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
     manager = make(store=MemoryStore(_token(clock, age=4000)))
     tokens = await asyncio.gather(*(manager.get_token() for _ in range(10_000)))
     assert zoom.posts == 1
@@ -162,11 +168,9 @@ async def test_seed_refresh_token_is_used_when_the_store_is_empty(
 
 
 async def test_stale_token_is_served_while_one_refresh_runs(
-    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """STALE: callers get the old token at once and exactly one refresh starts."""
-    zoom = FakeZoom()
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
     events: list[Event] = []
     manager = make(store=MemoryStore(_token(clock, age=3000)), on_event=events.append)
     tokens = await asyncio.gather(*(manager.get_token() for _ in range(100)))
@@ -403,11 +407,9 @@ class FailingSaveStore(MemoryStore):
 
 
 async def test_new_token_is_not_handed_out_before_it_is_saved(
-    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """A failing save keeps the new token from callers; the error says why."""
-    zoom = FakeZoom()
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
     store = FailingSaveStore(_token(clock, age=4000), fail=1)
     manager = make(store=store)
     with pytest.raises(TokenExpiredError) as info:
@@ -418,11 +420,9 @@ async def test_new_token_is_not_handed_out_before_it_is_saved(
 
 
 async def test_unsaved_pair_is_saved_later_without_a_second_post(
-    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """The rotated pair survives a failed save and is persisted on the next try, no new POST."""
-    zoom = FakeZoom()
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
     store = FailingSaveStore(_token(clock, age=4000), fail=1)
     manager = make(store=store)
     with pytest.raises(TokenExpiredError):
@@ -437,22 +437,18 @@ async def test_unsaved_pair_is_saved_later_without_a_second_post(
 
 
 async def test_invalidate_of_an_old_token_triggers_no_refresh(
-    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """invalidate(old) while a newer token is current returns the newer one, no POST."""
-    zoom = FakeZoom()
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
     manager = make(store=MemoryStore(_token(clock, age=10, gen=3)))
     assert await manager.invalidate("at-old-2") == "at-old-3"
     assert zoom.posts == 0
 
 
 async def test_invalidate_of_the_current_token_refreshes_once_and_is_rate_limited(
-    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """200 concurrent invalidate(current) make one refresh; a quick repeat makes none."""
-    zoom = FakeZoom()
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
     manager = make(store=MemoryStore(_token(clock, age=10)))
     results = await asyncio.gather(*(manager.invalidate("at-old-0") for _ in range(200)))
     assert set(results) == {"at-1"}
@@ -462,11 +458,9 @@ async def test_invalidate_of_the_current_token_refreshes_once_and_is_rate_limite
 
 
 async def test_forced_refresh_always_posts(
-    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """refresh(force=True) rotates even a FRESH token; refresh() alone does not."""
-    zoom = FakeZoom()
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
     manager = make(store=MemoryStore(_token(clock, age=10)))
     assert await manager.refresh() == "at-old-0"
     assert await manager.refresh(force=True) == "at-1"
@@ -503,11 +497,9 @@ async def test_revoke_sends_the_access_token(
 
 
 async def test_event_hook_that_raises_does_not_break_refreshes(
-    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """A broken on_event hook is logged and ignored."""
-    zoom = FakeZoom()
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
 
     def broken(event: Event) -> None:
         raise RuntimeError("metrics down")
@@ -543,11 +535,9 @@ async def test_background_refresh_fires_at_refresh_at(
 
 
 async def test_after_suspend_an_expired_token_is_never_served(
-    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """Wall clock +2 h, monotonic unchanged: get_token() refreshes instead of serving."""
-    zoom = FakeZoom()
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
     manager = make(store=MemoryStore(_token(clock, age=0)))
     await manager.start()
     clock.suspend(2 * 3600)
@@ -556,11 +546,9 @@ async def test_after_suspend_an_expired_token_is_never_served(
 
 
 async def test_wall_clock_set_back_does_not_delay_the_refresh(
-    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """With the wall clock stepped back an hour, the refresher follows the monotonic clock."""
-    zoom = FakeZoom()
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
     old = _token(clock, age=0)
     manager = make(store=MemoryStore(old))
     await manager.start()
@@ -570,11 +558,9 @@ async def test_wall_clock_set_back_does_not_delay_the_refresh(
 
 
 async def test_aclose_leaves_no_task_and_refuses_further_use(
-    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """After aclose() no zoomtoken task is pending and calls raise ManagerClosedError."""
-    zoom = FakeZoom()
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
     manager = make(store=MemoryStore(_token(clock, age=3000)))
     await manager.start()
     await manager.get_token()  # STALE: kicks a refresh task
@@ -687,11 +673,9 @@ async def test_no_secret_reaches_logs_reprs_or_errors(
 
 
 async def test_status_reports_state_and_counters(
-    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """status() carries state, expiry, generation and counts."""
-    zoom = FakeZoom()
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
     manager = make(store=MemoryStore(_token(clock, age=4000)))
     await manager.get_token()
     status = manager.status()
@@ -761,11 +745,9 @@ async def test_emulator_herd_and_revoke_end_to_end(clock: FakeClock) -> None:
 
 
 async def test_close_makes_a_last_attempt_to_save_an_unsaved_pair(
-    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """A rotated pair whose save failed is written on aclose() if the store recovered."""
-    zoom = FakeZoom()
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
     store = FailingSaveStore(_token(clock, age=4000), fail=1)
     manager = make(store=store)
     with pytest.raises(TokenExpiredError):
@@ -793,11 +775,9 @@ class WatchableStore(MemoryStore):
 
 
 async def test_store_notification_is_adopted_without_a_post(
-    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """When the store reports another process's save, the manager adopts it at once."""
-    zoom = FakeZoom()
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
     old = _token(clock, age=10)
     store = WatchableStore(old)
     manager = make(store=store)

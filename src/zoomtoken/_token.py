@@ -7,6 +7,7 @@ seconds. The caller passes ``now``; nothing in this module reads a clock.
 from __future__ import annotations
 
 import enum
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ __all__ = [
     "hard_deadline_for",
     "refresh_at_for",
     "token_from_dict",
+    "token_from_json",
     "token_to_dict",
 ]
 
@@ -222,3 +224,22 @@ def token_from_dict(data: object) -> Token:
         generation=generation,
         extra=dict(extra),
     )
+
+
+def token_from_json(raw: bytes | str) -> Token:
+    """Parse a stored JSON document; anything unusable raises :class:`StoreCorruptError`.
+
+    Messages are built from positions only and nothing is chained: ``JSONDecodeError`` and
+    ``UnicodeDecodeError`` keep the whole document, secrets included, in their attributes.
+    """
+    try:
+        return token_from_dict(json.loads(raw))
+    except StoreCorruptError:
+        raise
+    except UnicodeDecodeError as exc:
+        why = f"not UTF-8 (byte {exc.start})"
+    except json.JSONDecodeError as exc:
+        why = f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        why = f"unreadable ({type(exc).__name__})"
+    raise StoreCorruptError(f"stored token: {why}")

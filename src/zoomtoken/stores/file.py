@@ -36,7 +36,7 @@ from .._exceptions import (
     StoreCorruptError,
     StoreError,
 )
-from .._token import Token, token_from_dict, token_to_dict
+from .._token import Token, token_from_json, token_to_dict
 from ._base import Lease
 
 if sys.platform != "win32":
@@ -117,21 +117,6 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse(data: bytes) -> Token:
-    # The messages are built from positions only, and nothing is chained: UnicodeDecodeError
-    # and JSONDecodeError keep the whole document in attributes, which would leak the secrets
-    # into any traceback formatter that shows them.
-    try:
-        return token_from_dict(json.loads(data.decode("utf-8")))
-    except UnicodeDecodeError as exc:
-        why = f"not UTF-8 (byte {exc.start})"
-    except json.JSONDecodeError as exc:
-        why = f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        why = f"unreadable ({type(exc).__name__})"
-    raise StoreCorruptError(f"stored token: {why}")
-
-
 def _fsync_directory(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -182,7 +167,7 @@ class _Files:
             data = _read_all(fd)
         finally:
             os.close(fd)
-        return _parse(data)
+        return token_from_json(data)
 
     def save(self, data: bytes, expected_generation: int | None, lease: _FileId | None) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)

@@ -43,7 +43,7 @@ from .._exceptions import (
     StoreError,
     StoreUnavailableError,
 )
-from .._token import Token, token_from_dict, token_to_dict
+from .._token import Token, token_from_json, token_to_dict
 from ._base import Lease
 
 __all__ = ["DEFAULT_KEY_TTL", "RedisStore"]
@@ -158,21 +158,9 @@ def _check_ttl(ttl: float) -> int:
 
 
 def _parse(raw: bytes | str) -> Token:
-    # Messages are built from positions only and nothing is chained: JSONDecodeError and
-    # UnicodeDecodeError keep the whole document, secrets included, in their attributes.
     if len(raw) > _MAX_SIZE:
         raise StoreCorruptError("stored token: value is larger than 1 MiB")
-    try:
-        return token_from_dict(json.loads(raw))
-    except StoreCorruptError:
-        raise
-    except UnicodeDecodeError as exc:
-        why = f"not UTF-8 (byte {exc.start})"
-    except json.JSONDecodeError as exc:
-        why = f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        why = f"unreadable ({type(exc).__name__})"
-    raise StoreCorruptError(f"stored token: {why}")
+    return token_from_json(raw)
 
 
 class _RedisLease:
