@@ -61,6 +61,11 @@ LEASE_POLL_MAX = 1.0
 MIN_BURST_BUDGET = 1.0
 
 
+# Jitter and backoff need no private generator: one shared by every manager (a
+# ``random.Random`` weighs 2.5 KiB). Pass ``rng=`` for a reproducible one.
+_SHARED_RNG = random.Random()
+
+
 def _require(name: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigurationError(f"{name} is missing or empty")
@@ -68,14 +73,55 @@ def _require(name: str, value: object) -> str:
 
 
 class _Flight:
-    """One refresh shared by every caller that needs it."""
+    """One refresh shared by every caller that needs it.
 
-    __slots__ = ("expired_wait_emitted", "min_generation", "task")
+    Each waiting caller gets its own future (so cancelling one caller cancels only that
+    future, never the refresh), and one done-callback on the task resolves them all: a herd
+    costs one event-loop callback per caller, as if all awaited one bare future. (One
+    ``asyncio.shield`` per caller costs three, plus two closures and a future.)
+    """
+
+    __slots__ = ("_compact_at", "expired_wait_emitted", "min_generation", "task", "waiters")
 
     def __init__(self, task: asyncio.Task[Token], min_generation: int | None) -> None:
         self.task = task
         self.min_generation = min_generation
         self.expired_wait_emitted = False
+        self.waiters: list[asyncio.Future[Token]] = []
+        self._compact_at = 64
+        task.add_done_callback(self._release)
+
+    def join(self) -> asyncio.Future[Token]:
+        """A future that gets the flight's outcome; cancelling it leaves the flight alone."""
+        task = self.task
+        if task.done():
+            return task  # awaiting a finished task cannot cancel it
+        waiter: asyncio.Future[Token] = task.get_loop().create_future()
+        waiters = self.waiters
+        waiters.append(waiter)
+        if len(waiters) >= self._compact_at:
+            # Callers that gave up (cancelled) leave done futures behind: drop them, so a
+            # long refresh under a stream of timeouts keeps the list bounded (amortised O(1)).
+            waiters[:] = [w for w in waiters if not w.done()]
+            self._compact_at = max(64, 2 * len(waiters))
+        return waiter
+
+    def _release(self, task: asyncio.Task[Token]) -> None:
+        waiters, self.waiters = self.waiters, []
+        if task.cancelled():
+            for waiter in waiters:
+                waiter.cancel()
+            return
+        error = task.exception()
+        if error is not None:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
+            return
+        token = task.result()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(token)
 
 
 class TokenManager:
@@ -84,6 +130,50 @@ class TokenManager:
     Use it as ``async with TokenManager(...) as manager:`` (or ``start()`` / ``aclose()``) to run
     the background refresher; ``await manager.get_token()`` returns a valid access token.
     """
+
+    # Slots, not an instance dict: past 30 attributes CPython 3.11 stops keeping attribute
+    # values inline and every ``self.x`` on the hot path becomes a dict lookup. A new
+    # attribute must be listed here (construction fails loudly otherwise).
+    __slots__ = (
+        "__weakref__",
+        "_account_id",
+        "_adopted",
+        "_background",
+        "_clock",
+        "_clock_offset",
+        "_close_store",
+        "_closed",
+        "_critical",
+        "_dead",
+        "_failed_bursts",
+        "_failures",
+        "_flight",
+        "_last_error",
+        "_last_invalidate_at",
+        "_last_success_at",
+        "_lease_ttl",
+        "_load_task",
+        "_loaded",
+        "_next_burst_at",
+        "_oauth",
+        "_on_event",
+        "_owns_session",
+        "_policy",
+        "_refreshes",
+        "_retries",
+        "_rng",
+        "_seed_refresh_token",
+        "_session",
+        "_sleep",
+        "_stale_event_generation",
+        "_stale_serves",
+        "_started",
+        "_store",
+        "_token",
+        "_unsaved",
+        "_wall",
+        "_watcher",
+    )
 
     def __init__(
         self,
@@ -147,7 +237,7 @@ class TokenManager:
             if lease_ttl is not None
             else self._policy.budget + http_timeout + LEASE_MARGIN
         )
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng if rng is not None else _SHARED_RNG
 
         # The published token: read lock-free by the hot path, replaced in one assignment.
         self._token: Token | None = None
@@ -251,7 +341,8 @@ class TokenManager:
         can be had, :class:`ReauthorizationRequiredError` once the grant is dead.
         """
         token = self._token
-        if token is not None and self._wall() < token.refresh_at:
+        wall = self._wall
+        if token is not None and wall() < token.refresh_at:
             return token.access_token
         return await self._get_token_slow()
 
@@ -447,7 +538,8 @@ class TokenManager:
         """On close, try once more to persist a rotated pair an earlier save failed to write."""
         expected = unsaved.generation - 1 if unsaved.generation > 0 else None
         try:
-            await store.save(unsaved, expected_generation=expected)
+            # No lease here: the generation compare-and-set alone keeps a newer pair safe.
+            await self._save_to_store(store, unsaved, expected, None)
         except Exception as exc:
             logger.error(
                 "closing with an unsaved rotated token (generation %d): %s; the grant will "
@@ -506,8 +598,9 @@ class TokenManager:
         try:
             await asyncio.shield(task)
         finally:
-            if task.done() and self._load_task is task and not self._loaded:
-                # Failed: let the next caller try again rather than caching the error.
+            if task.done() and self._load_task is task:
+                # Loaded: nothing left to await. Failed: let the next caller try again
+                # rather than caching the error.
                 self._load_task = None
 
     async def _load(self) -> None:
@@ -588,7 +681,10 @@ class TokenManager:
 
     def _start_flight(self, *, min_generation: int | None) -> _Flight:
         task = asyncio.get_running_loop().create_task(
-            self._refresh_flight(min_generation), name="zoomtoken-refresh"
+            # The generation this refresh is for, read now: by the time the task first runs, the
+            # store watcher may already have published a newer token, which then answers it.
+            self._refresh_flight(min_generation, self.generation),
+            name="zoomtoken-refresh",
         )
         flight = _Flight(task, min_generation)
         self._flight = flight
@@ -624,7 +720,7 @@ class TokenManager:
             flight.expired_wait_emitted = True
             self._emit(EventKind.EXPIRED_WAIT, generation=self.generation)
         try:
-            token = await asyncio.shield(flight.task)
+            token = await flight.join()
         except ReauthorizationRequiredError as exc:
             raise ReauthorizationRequiredError(
                 exc.message, status=exc.status, error=exc.error, reason=exc.reason
@@ -653,11 +749,11 @@ class TokenManager:
             raise TokenExpiredError("the refreshed token was already expired on arrival")
         return token
 
-    async def _refresh_flight(self, min_generation: int | None) -> Token:
+    async def _refresh_flight(self, min_generation: int | None, start: int | None) -> Token:
         generation = self.generation
         self._emit(EventKind.REFRESH_STARTED, generation=generation)
         try:
-            token = await self._refresh(min_generation)
+            token = await self._refresh(min_generation, start)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -715,10 +811,9 @@ class TokenManager:
             budget = min(budget, token.hard_deadline - now)
         return self._clock.monotonic() + max(budget, MIN_BURST_BUDGET)
 
-    async def _refresh(self, min_generation: int | None) -> Token:
+    async def _refresh(self, min_generation: int | None, start: int | None) -> Token:
         store = self._store
         lease: Lease | None = None
-        start = self.generation
         try:
             if store is not None:
                 # Re-read first: another process may have refreshed while we were STALE.
