@@ -15,11 +15,13 @@ import html
 import logging
 import random
 import secrets
-import webbrowser
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import aiohttp
-from aiohttp import web
+
+if TYPE_CHECKING:
+    from aiohttp import web
 from yarl import URL
 
 from ._clock import Clock, SystemClock
@@ -277,6 +279,8 @@ class _Callback:
             self.outcome.set_result((status, title, text))
 
     async def handle(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         if self.query.done():
             return web.Response(
                 status=409,
@@ -292,6 +296,10 @@ class _Callback:
 
 
 async def _start_listener(host: str, port: int, path: str, callback: _Callback) -> web.AppRunner:
+    # Imported here: the server half of aiohttp is needed only for an interactive authorise,
+    # and importing it would slow every "import zoomtoken".
+    from aiohttp import web
+
     app = web.Application()
     app.router.add_get(path, callback.handle)
     # No access log: the redirect's URL carries the authorization code.
@@ -354,6 +362,8 @@ async def authorize_interactive(
     try:
         print_fn(f"Open this URL in a browser and approve the app:\n\n    {url}\n")
         print_fn(f"Waiting up to {timeout:.0f}s for the redirect to {redirect_uri} ...")
+        import webbrowser
+
         if open_browser and not await asyncio.to_thread(webbrowser.open, url):
             print_fn("Could not open a browser: open the URL above by hand.")
         try:
