@@ -798,3 +798,35 @@ async def test_store_notification_is_adopted_without_a_post(
     assert zoom.posts == 0
     await manager.aclose()
     assert not any(t.get_name() == "zoomtoken-watcher" for t in asyncio.all_tasks())
+
+
+async def test_many_cancelled_waiters_leave_the_flight_and_the_rest_alone(
+    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+) -> None:
+    """Cancelling 900 of 1,000 waiters cancels neither the refresh nor the other 100."""
+    gate = asyncio.Event()
+    zoom = FakeZoom()
+
+    async def slow(url: Any, **kwargs: Any) -> CallbackResult:
+        await gate.wait()
+        return zoom(url, **kwargs)
+
+    mock_http.post(TOKEN_URL, callback=slow, repeat=True)
+    manager = make(store=MemoryStore(_token(clock, age=4000)))
+    callers = [asyncio.create_task(manager.get_token()) for _ in range(1000)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    flight = manager._flight
+    assert flight is not None
+    for caller in callers[:900]:
+        caller.cancel()
+    late = [asyncio.create_task(manager.get_token()) for _ in range(200)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    # Cancelled waiters are compacted away as new ones join: the list stays bounded.
+    assert len(flight.waiters) <= 2 * 300 + 64
+    gate.set()
+    assert set(await asyncio.gather(*callers[900:], *late)) == {"at-1"}
+    assert all(caller.cancelled() for caller in callers[:900])
+    assert flight.waiters == []
+    assert zoom.posts == 1

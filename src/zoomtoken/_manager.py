@@ -362,7 +362,16 @@ class TokenManager:
                     self._emit(EventKind.TOKEN_STALE, generation=token.generation)
                 self._ensure_refresh_under_way()
                 return token.access_token
-        fresh = await self._wait_for_refresh(min_generation=None, explicit=False)
+        # The herd path: joined inline rather than through _wait_for_refresh, one coroutine
+        # frame less for each of possibly 100,000 waiting callers.
+        waiter = self._join_refresh(min_generation=None, explicit=False)
+        try:
+            fresh = await waiter
+        except BaseException as exc:
+            error = self._refresh_failed(exc, explicit=False)
+            if error is exc:
+                raise
+            raise error from exc
         return fresh.access_token
 
     # ------------------------------------------------------------------ public operations
@@ -699,8 +708,8 @@ class TokenManager:
             # Mark the exception retrieved: a refresh nobody awaited must not warn.
             task.exception()
 
-    async def _wait_for_refresh(self, *, min_generation: int | None, explicit: bool) -> Token:
-        """Join (or start) the single flight and return its token, raising typed errors."""
+    def _join_refresh(self, *, min_generation: int | None, explicit: bool) -> asyncio.Future[Token]:
+        """Join (or start) the single flight; raise at once when no refresh may run now."""
         if self._dead is not None:
             raise ReauthorizationRequiredError(
                 self._dead.message,
@@ -719,35 +728,48 @@ class TokenManager:
         if not explicit and not flight.expired_wait_emitted:
             flight.expired_wait_emitted = True
             self._emit(EventKind.EXPIRED_WAIT, generation=self.generation)
-        try:
-            token = await flight.join()
-        except ReauthorizationRequiredError as exc:
-            raise ReauthorizationRequiredError(
-                exc.message, status=exc.status, error=exc.error, reason=exc.reason
-            ) from exc
-        except asyncio.CancelledError:
+        return flight.join()
+
+    def _refresh_failed(self, exc: BaseException, *, explicit: bool) -> BaseException:
+        """What a caller of a failed refresh raises: a new instance per caller, chained to the
+        shared failure (re-raising one instance from many tasks would grow its traceback)."""
+        if isinstance(exc, asyncio.CancelledError):
             if self._closed:
-                raise ManagerClosedError("the TokenManager was closed during a refresh") from None
-            raise
-        except Exception as exc:
-            if explicit and isinstance(exc, ZoomTokenError):
-                raise type(exc)(
-                    exc.message,
-                    status=exc.status,
-                    error=exc.error,
-                    reason=exc.reason,
-                    retryable=exc.retryable,
-                ) from exc
-            raise TokenExpiredError(
-                "no valid access token: the refresh failed"
-                + (f" ({exc.message})" if isinstance(exc, ZoomTokenError) else "")
-            ) from exc
-        if min_generation is not None and token.generation <= min_generation:
-            # We joined a flight that started before our request; run one more.
-            return await self._wait_for_refresh(min_generation=min_generation, explicit=explicit)
-        if token.state(self._now()) is TokenState.EXPIRED:
-            raise TokenExpiredError("the refreshed token was already expired on arrival")
-        return token
+                return ManagerClosedError("the TokenManager was closed during a refresh")
+            return exc
+        if not isinstance(exc, Exception):
+            return exc
+        if isinstance(exc, ReauthorizationRequiredError):
+            return ReauthorizationRequiredError(
+                exc.message, status=exc.status, error=exc.error, reason=exc.reason
+            )
+        if explicit and isinstance(exc, ZoomTokenError):
+            return type(exc)(
+                exc.message,
+                status=exc.status,
+                error=exc.error,
+                reason=exc.reason,
+                retryable=exc.retryable,
+            )
+        return TokenExpiredError(
+            "no valid access token: the refresh failed"
+            + (f" ({exc.message})" if isinstance(exc, ZoomTokenError) else "")
+        )
+
+    async def _wait_for_refresh(self, *, min_generation: int | None, explicit: bool) -> Token:
+        """Join (or start) the single flight and return its token, raising typed errors."""
+        while True:
+            waiter = self._join_refresh(min_generation=min_generation, explicit=explicit)
+            try:
+                token = await waiter
+            except BaseException as exc:
+                error = self._refresh_failed(exc, explicit=explicit)
+                if error is exc:
+                    raise
+                raise error from exc
+            if min_generation is None or token.generation > min_generation:
+                return token
+            # We joined a flight that began before our request: run one more.
 
     async def _refresh_flight(self, min_generation: int | None, start: int | None) -> Token:
         generation = self.generation
@@ -770,16 +792,15 @@ class TokenManager:
         self._next_burst_at = 0.0
         self._last_success_at = self._clock.monotonic()
         if token.state(self._now()) is TokenState.EXPIRED:
-            # Saved and published (its refresh token is live), but unusable: treat as a failed
-            # burst so the cool-down stops a hot loop of refreshes.
-            self._record_failure(
-                InvalidResponseError(
-                    "the new token was already past its deadline on arrival "
-                    "(request latency or clock skew exceeds its lifetime)"
-                )
+            # Saved and published (its refresh token is live), but unusable: a failed burst,
+            # so the cool-down stops a hot loop of refreshes.
+            error = InvalidResponseError(
+                "the new token was already past its deadline on arrival "
+                "(request latency or clock skew exceeds its lifetime)"
             )
-        else:
-            self._emit(EventKind.REFRESH_SUCCEEDED, generation=token.generation)
+            self._record_failure(error)
+            raise error
+        self._emit(EventKind.REFRESH_SUCCEEDED, generation=token.generation)
         return token
 
     def _record_failure(self, error: ZoomTokenError) -> None:
