@@ -81,10 +81,18 @@ class _Flight:
     ``asyncio.shield`` per caller costs three, plus two closures and a future.)
     """
 
-    __slots__ = ("_compact_at", "expired_wait_emitted", "min_generation", "task", "waiters")
+    __slots__ = (
+        "_compact_at",
+        "_loop",
+        "expired_wait_emitted",
+        "min_generation",
+        "task",
+        "waiters",
+    )
 
     def __init__(self, task: asyncio.Task[Token], min_generation: int | None) -> None:
         self.task = task
+        self._loop = task.get_loop()
         self.min_generation = min_generation
         self.expired_wait_emitted = False
         self.waiters: list[asyncio.Future[Token]] = []
@@ -96,7 +104,7 @@ class _Flight:
         task = self.task
         if task.done():
             return task  # awaiting a finished task cannot cancel it
-        waiter: asyncio.Future[Token] = task.get_loop().create_future()
+        waiter: asyncio.Future[Token] = self._loop.create_future()
         waiters = self.waiters
         waiters.append(waiter)
         if len(waiters) >= self._compact_at:
@@ -344,26 +352,14 @@ class TokenManager:
         wall = self._wall
         if token is not None and wall() < token.refresh_at:
             return token.access_token
-        return await self._get_token_slow()
-
-    async def _get_token_slow(self) -> str:
-        self._check_open()
+        # Everything below is the slow path, kept in this one coroutine (no nested await of a
+        # helper coroutine): a herd of 100,000 callers pays for every frame.
         if not self._loaded:
+            self._check_open()
             await self._ensure_loaded()
-        token = self._token
-        if token is not None:
-            state = token.state(self._now())
-            if state is TokenState.FRESH:
-                return token.access_token
-            if state is TokenState.STALE:
-                self._stale_serves += 1
-                if self._stale_event_generation != token.generation:
-                    self._stale_event_generation = token.generation
-                    self._emit(EventKind.TOKEN_STALE, generation=token.generation)
-                self._ensure_refresh_under_way()
-                return token.access_token
-        # The herd path: joined inline rather than through _wait_for_refresh, one coroutine
-        # frame less for each of possibly 100,000 waiting callers.
+        served = self._serve_without_waiting()
+        if served is not None:
+            return served
         waiter = self._join_refresh(min_generation=None, explicit=False)
         try:
             fresh = await waiter
@@ -373,6 +369,24 @@ class TokenManager:
                 raise
             raise error from exc
         return fresh.access_token
+
+    def _serve_without_waiting(self) -> str | None:
+        """The token if it is FRESH or STALE (then making sure a refresh runs), else None."""
+        self._check_open()
+        token = self._token
+        if token is None:
+            return None
+        state = token.state(self._now())
+        if state is TokenState.FRESH:
+            return token.access_token
+        if state is TokenState.STALE:
+            self._stale_serves += 1
+            if self._stale_event_generation != token.generation:
+                self._stale_event_generation = token.generation
+                self._emit(EventKind.TOKEN_STALE, generation=token.generation)
+            self._ensure_refresh_under_way()
+            return token.access_token
+        return None
 
     # ------------------------------------------------------------------ public operations
 
