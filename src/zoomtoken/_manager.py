@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from typing import Any, Self
 
 import aiohttp
@@ -28,6 +30,7 @@ from ._exceptions import (
     ReauthorizationRequiredError,
     RefreshError,
     StaleGenerationError,
+    StoreCorruptError,
     StoreError,
     TokenExpiredError,
     ZoomTokenError,
@@ -48,6 +51,9 @@ MAX_SLEEP_CHUNK = 15.0
 # Two background refreshes never start closer than this: a server that hands out tokens
 # already near their end must not turn the refresher into a hot loop.
 MIN_REFRESH_INTERVAL = 1.0
+# A wall clock that falls this far behind the monotonic clock's view of it was stepped back
+# (NTP slews small errors instead): the refresher then re-anchors the published deadlines.
+CLOCK_STEP_TOLERANCE = 1.0
 # invalidate() (an API answered 401) refreshes at most this often: an API that rejects even
 # brand-new tokens must not drive a refresh per request.
 MIN_INVALIDATE_INTERVAL = 10.0
@@ -149,6 +155,7 @@ class TokenManager:
         "_background",
         "_clock",
         "_clock_offset",
+        "_close_done",
         "_close_store",
         "_closed",
         "_critical",
@@ -262,6 +269,7 @@ class TokenManager:
         self._watcher: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
+        self._close_done: asyncio.Event | None = None
         # Number of refreshes inside the send-to-save window, where cancelling loses a grant.
         self._critical = 0
 
@@ -418,8 +426,10 @@ class TokenManager:
             return await self.get_token()
         now = self._clock.monotonic()
         last = self._last_invalidate_at
-        if self._flight is None and last is not None and now - last < MIN_INVALIDATE_INTERVAL:
-            logger.info("invalidate ignored: a token was invalidated %.1fs ago", now - last)
+        if self._flight is None and (
+            self._in_cooldown() or (last is not None and now - last < MIN_INVALIDATE_INTERVAL)
+        ):
+            logger.info("invalidate ignored: rate-limited, or cooling down after a failure")
             return await self.get_token()
         self._last_invalidate_at = now
         fresh = await self._wait_for_refresh(min_generation=token.generation, explicit=True)
@@ -432,15 +442,20 @@ class TokenManager:
         an access-token revoke); an endpoint error is raised after clearing.
         """
         self._check_open()
-        with contextlib.suppress(StoreError):
+        # A store that cannot be reached must not turn into a silent no-op revoke; only
+        # unreadable (corrupt) contents, which hold nothing to revoke, are passed over.
+        with contextlib.suppress(StoreCorruptError):
             await self._ensure_loaded()
+        # From here no new refresh may start: one landing after the clear below would save and
+        # publish a pair of the grant being revoked.
+        blocked = self._dead
+        self._dead = ReauthorizationRequiredError("the grant is being revoked")
         flight = self._flight
         if flight is not None:
             # Let a refresh in flight land first, so the token we revoke is the live one.
-            try:
-                await asyncio.shield(flight.task)
-            except Exception:
-                logger.debug("refresh in flight failed before revoke")
+            # wait() neither raises the flight's outcome nor cancels it.
+            await asyncio.wait([flight.task])
+            self._check_open()
         token = self._token
         try:
             if token is not None:
@@ -456,6 +471,8 @@ class TokenManager:
                 self._dead = ReauthorizationRequiredError(
                     "the grant was revoked: authorise the app again"
                 )
+            else:
+                self._dead = blocked
             try:
                 if self._store is not None:
                     await self._store.clear()
@@ -514,7 +531,11 @@ class TokenManager:
         if self._started:
             return
         self._started = True
-        await self._ensure_loaded()
+        try:
+            await self._ensure_loaded()
+        except BaseException:
+            self._started = False
+            raise
         loop = asyncio.get_running_loop()
         self._background = loop.create_task(self._run_background(), name="zoomtoken-refresher")
         updates = self._store.watch() if self._store is not None else None
@@ -528,34 +549,40 @@ class TokenManager:
         cancelled: cancelling there would lose the only live refresh token.
         """
         if self._closed:
+            if self._close_done is not None:
+                await self._close_done.wait()
             return
         self._closed = True
-        tasks: list[asyncio.Task[Any]] = []
-        for helper in (self._background, self._watcher):
-            if helper is not None:
-                helper.cancel()
-                tasks.append(helper)
-        flight = self._flight
-        if flight is not None:
-            # Between sending the request and saving the answer the flight holds the only live
-            # refresh token: let it finish (it is bounded by the HTTP timeout and the save).
-            if self._critical == 0 and self._unsaved is None:
-                flight.task.cancel()
-            tasks.append(flight.task)
-        if self._load_task is not None:
-            tasks.append(self._load_task)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self._token = None
-        if self._unsaved is not None and self._store is not None:
-            await self._last_chance_save(self._unsaved, self._store)
+        self._close_done = asyncio.Event()
         try:
-            if self._owns_session and self._session is not None:
-                await self._session.close()
+            tasks: list[asyncio.Task[Any]] = []
+            for helper in (self._background, self._watcher):
+                if helper is not None:
+                    helper.cancel()
+                    tasks.append(helper)
+            flight = self._flight
+            if flight is not None:
+                # Between sending the request and saving the answer the flight holds the only live
+                # refresh token: let it finish (it is bounded by the HTTP timeout and the save).
+                if self._critical == 0:
+                    flight.task.cancel()
+                tasks.append(flight.task)
+            if self._load_task is not None:
+                tasks.append(self._load_task)
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            self._token = None
+            if self._unsaved is not None and self._store is not None:
+                await self._last_chance_save(self._unsaved, self._store)
+            try:
+                if self._owns_session and self._session is not None:
+                    await self._session.close()
+            finally:
+                self._session = None
+                if self._close_store and self._store is not None:
+                    await self._store.aclose()
         finally:
-            self._session = None
-            if self._close_store and self._store is not None:
-                await self._store.aclose()
+            self._close_done.set()
 
     async def _last_chance_save(self, unsaved: Token, store: TokenStore) -> None:
         """On close, try once more to persist a rotated pair an earlier save failed to write."""
@@ -625,6 +652,8 @@ class TokenManager:
                 # Loaded: nothing left to await. Failed: let the next caller try again
                 # rather than caching the error.
                 self._load_task = None
+        # aclose() may have run while we waited: start nothing on a closed manager.
+        self._check_open()
 
     async def _load(self) -> None:
         if self._store is not None:
@@ -660,6 +689,14 @@ class TokenManager:
             # Newer than ours: its refresh token is the live one even if its access token is not.
             self._publish(stored)
             self._adopted += 1
+            if self._unsaved is not None:
+                # The store moved past the pair we could not save (a new grant): ours is
+                # superseded, and saving it later would overwrite the live one.
+                logger.warning(
+                    "dropping unsaved generation %d: the store holds a newer pair",
+                    self._unsaved.generation,
+                )
+                self._unsaved = None
             logger.info("adopted generation %d from the store", stored.generation)
             self._emit(EventKind.TOKEN_ADOPTED, generation=stored.generation)
             if self._dead is not None:
@@ -690,7 +727,7 @@ class TokenManager:
                 raise LeaseLostError(
                     "another process holds the refresh lease and produced no new token"
                 )
-            await self._sleep(delay)
+            await self._pause(delay)
             delay = min(delay * 2, LEASE_POLL_MAX)
 
     # ------------------------------------------------------------------ internals: flight
@@ -732,7 +769,7 @@ class TokenManager:
                 reason=self._dead.reason,
             ) from self._dead
         flight = self._flight
-        if flight is None:
+        if flight is None or flight.task.done():
             if not explicit and self._in_cooldown():
                 wait = self._next_burst_at - self._clock.monotonic()
                 raise TokenExpiredError(
@@ -802,8 +839,6 @@ class TokenManager:
             if error is not exc:
                 raise error from exc
             raise
-        self._failed_bursts = 0
-        self._next_burst_at = 0.0
         self._last_success_at = self._clock.monotonic()
         if token.state(self._now()) is TokenState.EXPIRED:
             # Saved and published (its refresh token is live), but unusable: a failed burst,
@@ -814,6 +849,8 @@ class TokenManager:
             )
             self._record_failure(error)
             raise error
+        self._failed_bursts = 0
+        self._next_burst_at = 0.0
         self._emit(EventKind.REFRESH_SUCCEEDED, generation=token.generation)
         return token
 
@@ -835,6 +872,11 @@ class TokenManager:
                 cooldown,
             )
         self._emit(EventKind.REFRESH_FAILED, generation=self.generation, error=error)
+
+    async def _pause(self, seconds: float) -> None:
+        """A flight's wait (retry backoff, lease poll): a closed manager's flight ends here."""
+        self._check_open()
+        await self._sleep(seconds)
 
     def _burst_stop_at(self) -> float:
         """Monotonic instant by which this burst must stop retrying."""
@@ -892,6 +934,7 @@ class TokenManager:
             fresh = fresh.with_generation(0 if expected is None else expected + 1)
             self._unsaved = fresh
         if self._store is not None:
+            self._critical += 1
             try:
                 await self._save_to_store(self._store, fresh, expected, lease)
             except StoreError as exc:
@@ -904,6 +947,8 @@ class TokenManager:
                     f"the new token could not be saved ({type(exc).__name__}), so it is not "
                     "used yet; saving is retried on the next refresh"
                 ) from exc
+            finally:
+                self._critical -= 1
         self._unsaved = None
         self._publish(fresh)
         self._refreshes += 1
@@ -955,7 +1000,7 @@ class TokenManager:
         retrying = build_retrying(
             self._policy,
             clock=self._clock,
-            sleep=self._sleep,
+            sleep=self._pause,
             stop_at=stop_at,
             rng=self._rng,
             before_sleep=before_sleep,
@@ -1025,7 +1070,39 @@ class TokenManager:
             due_in = max(due_in, self._last_success_at + MIN_REFRESH_INTERVAL - mono)
         return due_in
 
+    def _reanchor(self) -> None:
+        """If the wall clock was set back, move the published deadlines back with it.
+
+        The hot path reads only the wall clock; without this, a clock stepped back an hour
+        would let it serve a token up to an hour past its real deadline.
+        """
+        token = self._token
+        if token is None:
+            return
+        wall = self._wall()
+        mono = self._clock.monotonic()
+        behind = mono + self._clock_offset - wall
+        if behind <= CLOCK_STEP_TOLERANCE:
+            return
+        self._token = replace(
+            token,
+            issued_at=token.issued_at - behind,
+            refresh_at=token.refresh_at - behind,
+            hard_deadline=token.hard_deadline - behind,
+        )
+        self._clock_offset = wall - mono
+        logger.warning("the wall clock was set back %.1fs: deadlines re-anchored", behind)
+
+    def _until_hard_deadline(self) -> float:
+        """Seconds until the token's hard deadline, or infinity when none is ahead."""
+        token = self._token
+        if token is None:
+            return math.inf
+        left = token.hard_deadline - self._now()
+        return left if left > 0 else math.inf
+
     async def _background_step(self) -> None:
+        self._reanchor()
         if self._dead is not None or (
             self._token is None
             and self._unsaved is None
@@ -1039,7 +1116,8 @@ class TokenManager:
             return
         due_in = self._next_due_in()
         if due_in > 0:
-            await self._sleep(min(due_in, MAX_SLEEP_CHUNK))
+            # Also wake at the hard deadline, to re-anchor before the hot path judges it.
+            await self._sleep(min(due_in, MAX_SLEEP_CHUNK, self._until_hard_deadline()))
             return
         flight = self._flight or self._start_flight(min_generation=None)
         # A failure is recorded by the flight; the cool-down decides when to try again.
