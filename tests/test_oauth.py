@@ -205,3 +205,13 @@ async def test_enormous_body_is_not_read_whole(mock_http: aioresponses) -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(InvalidResponseError):
             await client.refresh(session, "RT", jitter=0.0)
+
+
+def test_an_error_echoing_a_sent_secret_is_masked() -> None:
+    """A reason that repeats the refresh token or client secret never reaches the message."""
+    body = b'{"error":"invalid_request","reason":"bad token RT-secret-123 for s3cret-xyz"}'
+    error = error_from_response(400, {}, body, now=SENT_AT, redact=("RT-secret-123", "s3cret-xyz"))
+    for text in (str(error), repr(error), error.reason or ""):
+        assert "RT-secret-123" not in text
+        assert "s3cret-xyz" not in text
+    assert error.reason == "bad token *** for ***"

@@ -133,3 +133,11 @@ def test_non_mapping_stored_data_is_a_typed_error() -> None:
     """A JSON list or string in the store raises StoreCorruptError."""
     with pytest.raises(StoreCorruptError):
         token_from_dict(["not", "a", "token"])
+
+
+def test_a_number_too_large_for_a_float_is_corrupt_data() -> None:
+    """An integer beyond float range raises StoreCorruptError, not OverflowError."""
+    data = token_to_dict(_token(60.0))
+    data["issued_at"] = 10**400
+    with pytest.raises(StoreCorruptError):
+        token_from_dict(data)

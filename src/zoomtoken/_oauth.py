@@ -11,7 +11,7 @@ import base64
 import ipaddress
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,19 +150,34 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _short_text(value: object) -> str | None:
+def _short_text(value: object, redact: Collection[str] = ()) -> str | None:
     if not isinstance(value, str):
         return None
+    for secret in redact:
+        # A server or proxy may echo what it was sent; short values would mask innocent text.
+        if len(secret) >= 4:
+            value = value.replace(secret, "***")
     return value[:_MAX_REASON_CHARS]
 
 
 def error_from_response(
-    status: int, headers: Mapping[str, str], body: bytes, *, now: float
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float,
+    redact: Collection[str] = (),
 ) -> OAuthError:
-    """The typed error for an answer that is not a success (``now``: wall clock, epoch s)."""
+    """The typed error for an answer that is not a success (``now``: wall clock, epoch s).
+
+    ``redact`` lists the secrets the request carried: any echo of them in the answer's
+    ``error`` or ``reason`` is masked before it can reach a message.
+    """
     data = _json_object(body) or {}
-    error = _short_text(data.get("error"))
-    reason = _short_text(data.get("reason")) or _short_text(data.get("error_description"))
+    error = _short_text(data.get("error"), redact)
+    reason = _short_text(data.get("reason"), redact) or _short_text(
+        data.get("error_description"), redact
+    )
     retry_after = parse_retry_after(headers.get("Retry-After"), now)
     disposition = classify_oauth_error(status, error, reason)
     described = f"HTTP {status}" + (f" {error}" if error else "")
@@ -193,6 +208,7 @@ def parse_token_response(
     sent_at: float,
     previous_refresh_token: str | None,
     jitter: float,
+    redact: Collection[str] = (),
 ) -> Token:
     """Turn a token endpoint answer into a :class:`Token`, or raise the typed error.
 
@@ -201,7 +217,7 @@ def parse_token_response(
     keeps ``previous_refresh_token`` (RFC 6749 §6); a new one always replaces it.
     """
     if not 200 <= status < 300:
-        raise error_from_response(status, headers, body, now=sent_at)
+        raise error_from_response(status, headers, body, now=sent_at, redact=redact)
     data = _json_object(body)
     if data is None:
         # A 2xx whose body we cannot read may still have rotated the pair: retryable, and a
@@ -293,6 +309,7 @@ class OAuthClient:
         self.token_url = check_endpoint(token_url, name="token_url")
         self.revoke_url = check_endpoint(revoke_url, name="revoke_url")
         self._authorization = basic_authorization(client_id, client_secret)
+        self._client_secret = client_secret
         self._clock = clock
         #: Seconds one request may take, connect to last byte.
         self.timeout = timeout
@@ -346,7 +363,14 @@ class OAuthClient:
             sent_at=sent_at,
             previous_refresh_token=request.form.get("refresh_token"),
             jitter=jitter,
+            redact=self._secrets(request),
         )
+
+    def _secrets(self, request: OAuthRequest) -> tuple[str, ...]:
+        """What an error answer must never repeat: the client secret and every form value
+        but the grant type (refresh token, code, verifier, token to revoke)."""
+        values = [value for key, value in request.form.items() if key != "grant_type"]
+        return (self._client_secret, *values)
 
     async def refresh(
         self, session: aiohttp.ClientSession, refresh_token: str, *, jitter: float
@@ -386,7 +410,9 @@ class OAuthClient:
         request = revoke_request(self.revoke_url, self._authorization, token)
         status, headers, body = await self._post(session, request)
         if not 200 <= status < 300:
-            raise error_from_response(status, headers, body, now=self._clock.time())
+            raise error_from_response(
+                status, headers, body, now=self._clock.time(), redact=self._secrets(request)
+            )
         data = _json_object(body)
         if data is not None and data.get("status") not in (None, "success"):
             raise OAuthError(f"revoke answered HTTP {status} without success", status=status)

@@ -186,6 +186,11 @@ def _field(data: Mapping[str, Any], name: str, kinds: tuple[type, ...], optional
         raise StoreCorruptError(f"stored token: field {name!r} is missing or has the wrong type")
     if isinstance(value, float) and not math.isfinite(value):
         raise StoreCorruptError(f"stored token: field {name!r} is not a finite number")
+    if isinstance(value, int) and float in kinds:
+        try:
+            float(value)
+        except OverflowError:
+            raise StoreCorruptError(f"stored token: field {name!r} is out of range") from None
     return value
 
 
