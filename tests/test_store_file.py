@@ -509,3 +509,16 @@ async def test_repr_and_errors_never_show_token_strings(store: FileStore, token_
     await lease.release()
     assert str(token_path) in repr(store)
     assert_no_secrets("\n".join(texts))
+
+
+async def test_a_save_removes_temp_files_left_by_a_killed_writer(tmp_path: Path) -> None:
+    """Temp files of a writer killed mid-save (they hold secrets) are removed by the next save."""
+    store = FileStore(tmp_path / "token.json")
+    abandoned = tmp_path / ".token.json.0123456789abcdef.tmp"
+    abandoned.write_bytes(b'{"half": "written')
+    unrelated = tmp_path / ".other.json.0123456789abcdef.tmp"
+    unrelated.write_bytes(b"keep")
+    await store.save(make_token(), expected_generation=None)
+    assert not abandoned.exists()
+    assert unrelated.exists()
+    assert await store.load() == make_token()

@@ -181,9 +181,20 @@ class _Files:
                 raise StaleGenerationError(
                     f"save refused: stored generation is {stored}, expected {expected_generation}"
                 )
+            self._remove_abandoned_temp_files()
             self._write(data)
         finally:
             os.close(fd)  # releases the write lock
+
+    def _remove_abandoned_temp_files(self) -> None:
+        # Every write happens under the write lock we hold: a temp file still here belongs to
+        # a writer killed mid-save, and would otherwise pile up (it holds secrets, too).
+        prefix = f".{os.path.basename(self.path)}."
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.directory):
+                if entry.name.startswith(prefix) and entry.name.endswith(".tmp"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
     def _write(self, data: bytes) -> None:
         name = os.path.basename(self.path)
