@@ -172,6 +172,7 @@ class TokenManager:
         "_next_burst_at",
         "_oauth",
         "_on_event",
+        "_outcome_unknown",
         "_owns_session",
         "_policy",
         "_refreshes",
@@ -274,6 +275,8 @@ class TokenManager:
         self._critical = 0
 
         self._dead: ReauthorizationRequiredError | None = None
+        # An attempt got no usable answer after sending: the server may have rotated.
+        self._outcome_unknown = False
         self._last_error: ZoomTokenError | None = None
         self._failed_bursts = 0
         self._next_burst_at = 0.0  # monotonic
@@ -982,7 +985,6 @@ class TokenManager:
                 "no refresh token is available: authorise the app (zoomtoken authorize) "
                 "or set ZOOM_REFRESH_TOKEN"
             )
-        outcome_unknown = False
         session = self._http()
 
         def before_sleep(state: Any) -> None:
@@ -1011,16 +1013,21 @@ class TokenManager:
                 self._critical += 1
                 try:
                     if account_id is not None:
-                        return await self._oauth.account_credentials(
+                        fresh = await self._oauth.account_credentials(
                             session, account_id, jitter=jitter
                         )
-                    assert refresh_token is not None
-                    return await self._oauth.refresh(session, refresh_token, jitter=jitter)
+                    else:
+                        assert refresh_token is not None
+                        fresh = await self._oauth.refresh(session, refresh_token, jitter=jitter)
+                    self._outcome_unknown = False
+                    return fresh
                 except (OutcomeUnknownError, InvalidResponseError):
-                    outcome_unknown = True
+                    # Kept on the manager, not in this burst: the lost answer may end this
+                    # burst, and the next one's invalid_grant must still be read in its light.
+                    self._outcome_unknown = True
                     raise
                 except ReauthorizationRequiredError as exc:
-                    if outcome_unknown and exc.error in ("invalid_grant", "invalid_request"):
+                    if self._outcome_unknown and exc.error in ("invalid_grant", "invalid_request"):
                         raise ReauthorizationRequiredError(
                             "an earlier attempt got no usable answer and the server no longer "
                             "accepts the refresh token: it probably rotated and the answer "

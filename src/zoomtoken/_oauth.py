@@ -322,7 +322,10 @@ class OAuthClient:
     async def _post(
         self, session: aiohttp.ClientSession, request: OAuthRequest
     ) -> tuple[int, Mapping[str, str], bytes]:
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        # Half the budget for the TCP (and TLS) handshake: a connect that times out raises
+        # ConnectionTimeoutError, which proves nothing was sent. Under `total` alone it would
+        # be a bare TimeoutError, indistinguishable from a lost answer.
+        timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=self.timeout / 2)
         try:
             # middlewares=(): the token request must never pass through a bearer middleware
             # installed on the user's session (it would wait for the very token it fetches).
