@@ -11,6 +11,9 @@ import aioresponses.core
 import pytest
 from aioresponses import aioresponses as _aioresponses
 
+# The TokenManager test fixtures (clock, zoom, managers, make) live with their doubles.
+from manager_fakes import clock, make, managers, zoom  # noqa: F401
+
 
 class _CompatClientResponse(aiohttp.ClientResponse):
     """aioresponses 0.7.9 builds responses without ``stream_writer``, which aiohttp 3.14

@@ -7,9 +7,7 @@ Nothing here waits on real time: clocks and sleeps are FakeClock's.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -22,6 +20,13 @@ from conftest import (
     CANARY_CLIENT_ID,
     CANARY_CLIENT_SECRET,
     CANARY_REFRESH_TOKEN,
+)
+from manager_fakes import (
+    REVOKE_URL,
+    TOKEN_URL,
+    FakeZoom,
+    make_token,
+    register,
 )
 from zoomtoken import (
     ConfigurationError,
@@ -40,96 +45,6 @@ from zoomtoken import (
 )
 from zoomtoken.testing import FakeClock, Fault, ZoomOAuthEmulator
 
-TOKEN_URL = "https://zoom.us/oauth/token"
-REVOKE_URL = "https://zoom.us/oauth/revoke"
-
-
-class FakeZoom:
-    """An aioresponses callback that rotates refresh tokens like Zoom does."""
-
-    def __init__(self, refresh_token: str = "rt-0", *, expires_in: int = 3599) -> None:
-        self.current = refresh_token
-        self.expires_in = expires_in
-        self.posts = 0
-        self.invalid_grant = 0
-        self.issued = 0
-        #: Answers to serve before the normal behaviour: (status, body, headers).
-        self.script: list[tuple[int, Any, dict[str, str]]] = []
-
-    def __call__(self, url: Any, **kwargs: Any) -> CallbackResult:
-        self.posts += 1
-        if self.script:
-            status, body, headers = self.script.pop(0)
-            return CallbackResult(status=status, body=json.dumps(body), headers=headers)
-        form = kwargs["data"]
-        if form.get("refresh_token") != self.current:
-            self.invalid_grant += 1
-            return CallbackResult(
-                status=400, payload={"reason": "Invalid Token!", "error": "invalid_grant"}
-            )
-        self.issued += 1
-        self.current = f"rt-{self.issued}"
-        return CallbackResult(
-            payload={
-                "access_token": f"at-{self.issued}",
-                "token_type": "bearer",
-                "refresh_token": self.current,
-                "expires_in": self.expires_in,
-                "scope": "user:read",
-                "api_url": "https://api.zoom.us",
-            }
-        )
-
-
-def _token(clock: FakeClock, *, age: float, lifetime: float = 3599, gen: int = 0) -> Token:
-    """A token issued ``age`` seconds ago by the fake clock."""
-    return Token.issue(
-        access_token=f"at-old-{gen}",
-        refresh_token="rt-0",
-        expires_in=lifetime,
-        issued_at=clock.time() - age,
-        jitter=0.0,
-        generation=gen,
-    )
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def zoom(mock_http: aioresponses) -> FakeZoom:
-    """A rotating fake token endpoint behind aioresponses."""
-    fake = FakeZoom()
-    mock_http.post(TOKEN_URL, callback=fake, repeat=True)
-    return fake
-
-
-@pytest.fixture
-async def managers() -> AsyncIterator[list[TokenManager]]:
-    """Managers built through make(); all closed after the test."""
-    created: list[TokenManager] = []
-    yield created
-    for manager in created:
-        await manager.aclose()
-
-
-@pytest.fixture
-def make(managers: list[TokenManager], clock: FakeClock) -> Callable[..., TokenManager]:
-    def build(**options: Any) -> TokenManager:
-        options.setdefault("client_id", "client")
-        options.setdefault("client_secret", "secret")
-        options.setdefault("clock", clock)
-        options.setdefault("sleep", clock.sleep)
-        options.setdefault("rng", random.Random(7))
-        manager = TokenManager(**options)
-        managers.append(manager)
-        return manager
-
-    return build
-
-
 # ---------------------------------------------------------------------------------- hot path
 
 
@@ -137,7 +52,7 @@ async def test_fresh_token_is_served_without_any_request(
     mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """A FRESH stored token is returned as is: no POST, no task."""
-    manager = make(store=MemoryStore(_token(clock, age=10)))
+    manager = make(store=MemoryStore(make_token(clock, age=10)))
     assert await manager.get_token() == "at-old-0"
     assert await manager.get_token() == "at-old-0"
     assert mock_http.requests == {}
@@ -147,7 +62,7 @@ async def test_ten_thousand_callers_on_an_expired_token_make_one_post(
     zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """10,000 concurrent get_token() on an EXPIRED token share one refresh."""
-    manager = make(store=MemoryStore(_token(clock, age=4000)))
+    manager = make(store=MemoryStore(make_token(clock, age=4000)))
     tokens = await asyncio.gather(*(manager.get_token() for _ in range(10_000)))
     assert zoom.posts == 1
     assert set(tokens) == {"at-1"}
@@ -159,7 +74,7 @@ async def test_seed_refresh_token_is_used_when_the_store_is_empty(
 ) -> None:
     """With no stored token the configured refresh token gets the first one."""
     zoom = FakeZoom("seed")
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
+    register(mock_http, zoom)
     store = MemoryStore()
     manager = make(refresh_token="seed", store=store)
     assert await manager.get_token() == "at-1"
@@ -172,7 +87,7 @@ async def test_stale_token_is_served_while_one_refresh_runs(
 ) -> None:
     """STALE: callers get the old token at once and exactly one refresh starts."""
     events: list[Event] = []
-    manager = make(store=MemoryStore(_token(clock, age=3000)), on_event=events.append)
+    manager = make(store=MemoryStore(make_token(clock, age=3000)), on_event=events.append)
     tokens = await asyncio.gather(*(manager.get_token() for _ in range(100)))
     assert set(tokens) == {"at-old-0"}
     for _ in range(20):
@@ -194,10 +109,10 @@ async def test_cancelling_the_caller_that_started_the_refresh_does_not_stop_it(
 
     async def slow(url: Any, **kwargs: Any) -> CallbackResult:
         await gate.wait()
-        return zoom(url, **kwargs)
+        return await zoom(url, **kwargs)
 
     mock_http.post(TOKEN_URL, callback=slow, repeat=True)
-    manager = make(store=MemoryStore(_token(clock, age=4000)))
+    manager = make(store=MemoryStore(make_token(clock, age=4000)))
     first = asyncio.create_task(manager.get_token())
     await asyncio.sleep(0)
     others = [asyncio.create_task(manager.get_token()) for _ in range(10)]
@@ -219,7 +134,7 @@ async def test_failed_refresh_while_stale_keeps_serving_then_raises_once_expired
     """The old token keeps serving through failures; past its deadline the error is typed."""
     mock_http.post(TOKEN_URL, status=503, body="{}", repeat=True)
     clock.autojump = True
-    old = _token(clock, age=3000)
+    old = make_token(clock, age=3000)
     manager = make(store=MemoryStore(old), retry=RetryPolicy(max_attempts=2, budget=5))
     assert await manager.get_token() == old.access_token
     for _ in range(50):
@@ -240,10 +155,10 @@ async def test_hundred_callers_on_a_failing_endpoint_cause_one_burst(
     """100 callers on an EXPIRED token with a dead endpoint: one burst, one typed error each."""
     zoom = FakeZoom()
     zoom.script = [(503, {"error": "server_error"}, {})] * 100
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
+    register(mock_http, zoom)
     clock.autojump = True
     manager = make(
-        store=MemoryStore(_token(clock, age=4000)), retry=RetryPolicy(max_attempts=4, budget=60)
+        store=MemoryStore(make_token(clock, age=4000)), retry=RetryPolicy(max_attempts=4, budget=60)
     )
     results = await asyncio.gather(
         *(manager.get_token() for _ in range(100)), return_exceptions=True
@@ -264,10 +179,10 @@ async def test_after_the_cool_down_one_new_burst_recovers(
     """Once the cool-down has passed the next caller starts one new burst, which succeeds."""
     zoom = FakeZoom()
     zoom.script = [(503, {}, {})] * 3
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
+    register(mock_http, zoom)
     clock.autojump = True
     manager = make(
-        store=MemoryStore(_token(clock, age=4000)), retry=RetryPolicy(max_attempts=3, budget=60)
+        store=MemoryStore(make_token(clock, age=4000)), retry=RetryPolicy(max_attempts=3, budget=60)
     )
     with pytest.raises(TokenExpiredError):
         await manager.get_token()
@@ -289,10 +204,10 @@ async def test_recorded_waits_follow_backoff_and_retry_after(
         (429, {}, {"Retry-After": "9"}),
         (503, {}, {}),
     ]
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
+    register(mock_http, zoom)
     clock.autojump = True
     manager = make(
-        store=MemoryStore(_token(clock, age=4000)),
+        store=MemoryStore(make_token(clock, age=4000)),
         retry=RetryPolicy(max_attempts=6, budget=120, backoff_base=1.0, backoff_cap=8.0),
     )
     assert await manager.get_token() == "at-1"
@@ -322,9 +237,9 @@ async def test_dead_grant_or_client_needs_reauthorisation_and_stops_posting(
     """invalid_grant / invalid_client: a distinct error, one POST, then never another."""
     zoom = FakeZoom()
     zoom.script = [(status, body, {})] * 10
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
+    register(mock_http, zoom)
     clock.autojump = True
-    manager = make(store=MemoryStore(_token(clock, age=4000)))
+    manager = make(store=MemoryStore(make_token(clock, age=4000)))
     for _ in range(3):
         with pytest.raises(ReauthorizationRequiredError) as info:
             await manager.get_token()
@@ -340,8 +255,8 @@ async def test_dead_grant_keeps_serving_the_still_valid_token(
 ) -> None:
     """After invalid_grant a STALE token is still served until its deadline."""
     zoom = FakeZoom("someone-else-rotated")
-    mock_http.post(TOKEN_URL, callback=zoom, repeat=True)
-    manager = make(store=MemoryStore(_token(clock, age=3000)))
+    register(mock_http, zoom)
+    manager = make(store=MemoryStore(make_token(clock, age=3000)))
     assert await manager.get_token() == "at-old-0"
     for _ in range(50):
         await asyncio.sleep(0)
@@ -359,7 +274,7 @@ async def test_timeout_then_invalid_grant_is_reported_as_a_lost_answer(
         TOKEN_URL, status=400, payload={"reason": "Invalid Token!", "error": "invalid_grant"}
     )
     clock.autojump = True
-    manager = make(store=MemoryStore(_token(clock, age=4000)))
+    manager = make(store=MemoryStore(make_token(clock, age=4000)))
     with pytest.raises(ReauthorizationRequiredError) as info:
         await manager.get_token()
     assert "lost" in str(info.value)
@@ -379,7 +294,7 @@ async def test_token_expired_on_arrival_does_not_cause_a_hot_loop(
         )
 
     mock_http.post(TOKEN_URL, callback=slow_and_short, repeat=True)
-    store = MemoryStore(_token(clock, age=4000))
+    store = MemoryStore(make_token(clock, age=4000))
     manager = make(store=store)
     for _ in range(5):
         with pytest.raises(TokenExpiredError):
@@ -410,7 +325,7 @@ async def test_new_token_is_not_handed_out_before_it_is_saved(
     zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """A failing save keeps the new token from callers; the error says why."""
-    store = FailingSaveStore(_token(clock, age=4000), fail=1)
+    store = FailingSaveStore(make_token(clock, age=4000), fail=1)
     manager = make(store=store)
     with pytest.raises(TokenExpiredError) as info:
         await manager.get_token()
@@ -423,7 +338,7 @@ async def test_unsaved_pair_is_saved_later_without_a_second_post(
     zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """The rotated pair survives a failed save and is persisted on the next try, no new POST."""
-    store = FailingSaveStore(_token(clock, age=4000), fail=1)
+    store = FailingSaveStore(make_token(clock, age=4000), fail=1)
     manager = make(store=store)
     with pytest.raises(TokenExpiredError):
         await manager.get_token()
@@ -440,7 +355,7 @@ async def test_invalidate_of_an_old_token_triggers_no_refresh(
     zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """invalidate(old) while a newer token is current returns the newer one, no POST."""
-    manager = make(store=MemoryStore(_token(clock, age=10, gen=3)))
+    manager = make(store=MemoryStore(make_token(clock, age=10, gen=3)))
     assert await manager.invalidate("at-old-2") == "at-old-3"
     assert zoom.posts == 0
 
@@ -449,7 +364,7 @@ async def test_invalidate_of_the_current_token_refreshes_once_and_is_rate_limite
     zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """200 concurrent invalidate(current) make one refresh; a quick repeat makes none."""
-    manager = make(store=MemoryStore(_token(clock, age=10)))
+    manager = make(store=MemoryStore(make_token(clock, age=10)))
     results = await asyncio.gather(*(manager.invalidate("at-old-0") for _ in range(200)))
     assert set(results) == {"at-1"}
     assert zoom.posts == 1
@@ -461,7 +376,7 @@ async def test_forced_refresh_always_posts(
     zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """refresh(force=True) rotates even a FRESH token; refresh() alone does not."""
-    manager = make(store=MemoryStore(_token(clock, age=10)))
+    manager = make(store=MemoryStore(make_token(clock, age=10)))
     assert await manager.refresh() == "at-old-0"
     assert await manager.refresh(force=True) == "at-1"
     assert await manager.refresh(force=True) == "at-2"
@@ -473,7 +388,7 @@ async def test_revoke_clears_memory_and_store_even_when_the_endpoint_fails(
 ) -> None:
     """A failing revoke still forgets the tokens, then raises the endpoint's error."""
     mock_http.post(REVOKE_URL, status=500, body="{}")
-    store = MemoryStore(_token(clock, age=10))
+    store = MemoryStore(make_token(clock, age=10))
     manager = make(store=store)
     with pytest.raises(OAuthError):
         await manager.revoke()
@@ -489,7 +404,7 @@ async def test_revoke_sends_the_access_token(
     """revoke() posts token=<current access token> and reports REVOKED."""
     mock_http.post(REVOKE_URL, payload={"status": "success"})
     events: list[Event] = []
-    manager = make(store=MemoryStore(_token(clock, age=10)), on_event=events.append)
+    manager = make(store=MemoryStore(make_token(clock, age=10)), on_event=events.append)
     await manager.revoke()
     calls = next(iter(mock_http.requests.values()))
     assert calls[0].kwargs["data"] == {"token": "at-old-0"}
@@ -504,7 +419,7 @@ async def test_event_hook_that_raises_does_not_break_refreshes(
     def broken(event: Event) -> None:
         raise RuntimeError("metrics down")
 
-    manager = make(store=MemoryStore(_token(clock, age=4000)), on_event=broken)
+    manager = make(store=MemoryStore(make_token(clock, age=4000)), on_event=broken)
     assert await manager.get_token() == "at-1"
 
 
@@ -518,12 +433,12 @@ async def test_background_refresh_fires_at_refresh_at(
     zoom = FakeZoom()
     posted_at: list[float] = []
 
-    def record(url: Any, **kwargs: Any) -> CallbackResult:
+    async def record(url: Any, **kwargs: Any) -> CallbackResult:
         posted_at.append(clock.time())
-        return zoom(url, **kwargs)
+        return await zoom(url, **kwargs)
 
     mock_http.post(TOKEN_URL, callback=record, repeat=True)
-    old = _token(clock, age=0)
+    old = make_token(clock, age=0)
     manager = make(store=MemoryStore(old))
     await manager.start()
     await clock.advance(old.refresh_at - clock.time() - 1)
@@ -538,7 +453,7 @@ async def test_after_suspend_an_expired_token_is_never_served(
     zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """Wall clock +2 h, monotonic unchanged: get_token() refreshes instead of serving."""
-    manager = make(store=MemoryStore(_token(clock, age=0)))
+    manager = make(store=MemoryStore(make_token(clock, age=0)))
     await manager.start()
     clock.suspend(2 * 3600)
     assert await manager.get_token() == "at-1"
@@ -549,7 +464,7 @@ async def test_wall_clock_set_back_does_not_delay_the_refresh(
     zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """With the wall clock stepped back an hour, the refresher follows the monotonic clock."""
-    old = _token(clock, age=0)
+    old = make_token(clock, age=0)
     manager = make(store=MemoryStore(old))
     await manager.start()
     clock.jump_wall(-3600)
@@ -561,7 +476,7 @@ async def test_aclose_leaves_no_task_and_refuses_further_use(
     zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """After aclose() no zoomtoken task is pending and calls raise ManagerClosedError."""
-    manager = make(store=MemoryStore(_token(clock, age=3000)))
+    manager = make(store=MemoryStore(make_token(clock, age=3000)))
     await manager.start()
     await manager.get_token()  # STALE: kicks a refresh task
     await manager.aclose()
@@ -584,7 +499,7 @@ async def test_async_with_runs_and_stops_the_refresher(
     async with TokenManager(
         client_id="c",
         client_secret="s",
-        store=MemoryStore(_token(clock, age=0)),
+        store=MemoryStore(make_token(clock, age=0)),
         clock=clock,
         sleep=clock.sleep,
     ) as manager:
@@ -676,7 +591,7 @@ async def test_status_reports_state_and_counters(
     zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """status() carries state, expiry, generation and counts."""
-    manager = make(store=MemoryStore(_token(clock, age=4000)))
+    manager = make(store=MemoryStore(make_token(clock, age=4000)))
     await manager.get_token()
     status = manager.status()
     assert status.state is TokenState.FRESH
@@ -748,7 +663,7 @@ async def test_close_makes_a_last_attempt_to_save_an_unsaved_pair(
     zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """A rotated pair whose save failed is written on aclose() if the store recovered."""
-    store = FailingSaveStore(_token(clock, age=4000), fail=1)
+    store = FailingSaveStore(make_token(clock, age=4000), fail=1)
     manager = make(store=store)
     with pytest.raises(TokenExpiredError):
         await manager.get_token()
@@ -778,7 +693,7 @@ async def test_store_notification_is_adopted_without_a_post(
     zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """When the store reports another process's save, the manager adopts it at once."""
-    old = _token(clock, age=10)
+    old = make_token(clock, age=10)
     store = WatchableStore(old)
     manager = make(store=store)
     await manager.start()
@@ -809,10 +724,10 @@ async def test_many_cancelled_waiters_leave_the_flight_and_the_rest_alone(
 
     async def slow(url: Any, **kwargs: Any) -> CallbackResult:
         await gate.wait()
-        return zoom(url, **kwargs)
+        return await zoom(url, **kwargs)
 
     mock_http.post(TOKEN_URL, callback=slow, repeat=True)
-    manager = make(store=MemoryStore(_token(clock, age=4000)))
+    manager = make(store=MemoryStore(make_token(clock, age=4000)))
     callers = [asyncio.create_task(manager.get_token()) for _ in range(1000)]
     for _ in range(5):
         await asyncio.sleep(0)

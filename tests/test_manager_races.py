@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from aioresponses import CallbackResult, aioresponses
 
+from manager_fakes import (
+    REVOKE_URL,
+    TOKEN_URL,
+    FakeZoom,
+    make_token,
+    register,
+)
 from zoomtoken import (
     ManagerClosedError,
     MemoryStore,
@@ -27,70 +32,6 @@ from zoomtoken import (
     ZoomTokenError,
 )
 from zoomtoken.testing import FakeClock
-
-TOKEN_URL = "https://zoom.us/oauth/token"
-REVOKE_URL = "https://zoom.us/oauth/revoke"
-
-
-class FakeZoom:
-    """An aioresponses callback that rotates refresh tokens like Zoom, optionally gated."""
-
-    def __init__(self, refresh_token: str = "rt-0", *, expires_in: int = 3599) -> None:
-        self.current = refresh_token
-        self.expires_in = expires_in
-        self.posts = 0
-        self.invalid_grant = 0
-        self.issued = 0
-        #: Answers to serve before the normal behaviour: (status, body).
-        self.script: list[tuple[int, Any]] = []
-        #: When set, each POST waits for it (after being counted).
-        self.gate: asyncio.Event | None = None
-        self.arrived = asyncio.Event()
-
-    async def __call__(self, url: Any, **kwargs: Any) -> CallbackResult:
-        self.posts += 1
-        self.arrived.set()
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.script:
-            status, body = self.script.pop(0)
-            return CallbackResult(status=status, body=json.dumps(body))
-        form = kwargs["data"]
-        if form.get("refresh_token") != self.current:
-            self.invalid_grant += 1
-            return CallbackResult(
-                status=400, payload={"reason": "Invalid Token!", "error": "invalid_grant"}
-            )
-        self.issued += 1
-        self.current = f"rt-{self.issued}"
-        return CallbackResult(
-            payload={
-                "access_token": f"at-{self.issued}",
-                "token_type": "bearer",
-                "refresh_token": self.current,
-                "expires_in": self.expires_in,
-            }
-        )
-
-
-def _token(
-    clock: FakeClock,
-    *,
-    age: float,
-    lifetime: float = 3599,
-    gen: int = 0,
-    access: str | None = None,
-    refresh: str = "rt-0",
-) -> Token:
-    """A token issued ``age`` seconds ago by the fake clock."""
-    return Token.issue(
-        access_token=access if access is not None else f"at-old-{gen}",
-        refresh_token=refresh,
-        expires_in=lifetime,
-        issued_at=clock.time() - age,
-        jitter=0.0,
-        generation=gen,
-    )
 
 
 async def _spin(rounds: int = 50) -> None:
@@ -106,48 +47,6 @@ def _pending_zoomtoken_tasks() -> list[asyncio.Task[Any]]:
         and not task.done()
         and task.get_name().startswith("zoomtoken")
     ]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def zoom(mock_http: aioresponses) -> FakeZoom:
-    fake = FakeZoom()
-    _register(mock_http, fake)
-    return fake
-
-
-def _register(mock_http: aioresponses, fake: FakeZoom) -> None:
-    async def callback(url: Any, **kwargs: Any) -> CallbackResult:
-        return await fake(url, **kwargs)
-
-    mock_http.post(TOKEN_URL, callback=callback, repeat=True)
-
-
-@pytest.fixture
-async def managers() -> AsyncIterator[list[TokenManager]]:
-    created: list[TokenManager] = []
-    yield created
-    for manager in created:
-        await manager.aclose()
-
-
-@pytest.fixture
-def make(managers: list[TokenManager], clock: FakeClock) -> Callable[..., TokenManager]:
-    def build(**options: Any) -> TokenManager:
-        options.setdefault("client_id", "client")
-        options.setdefault("client_secret", "secret")
-        options.setdefault("clock", clock)
-        options.setdefault("sleep", clock.sleep)
-        options.setdefault("rng", random.Random(7))
-        manager = TokenManager(**options)
-        managers.append(manager)
-        return manager
-
-    return build
 
 
 # ------------------------------------------------------------- 1. done flight, busy loop
@@ -185,7 +84,7 @@ class _HookStore(MemoryStore):
 
 
 @pytest.mark.parametrize("operation", ["refresh_force", "invalidate"])
-async def test_a_forced_refresh_started_as_a_flight_finishes_gets_a_new_token(
+async def test_a_forced_refresh_started_as_a_flight_finishes_gets_a_newmake_token(
     zoom: FakeZoom,
     make: Callable[..., TokenManager],
     clock: FakeClock,
@@ -195,7 +94,7 @@ async def test_a_forced_refresh_started_as_a_flight_finishes_gets_a_new_token(
     """refresh(force=True) / invalidate() called in the loop iteration a flight ends refreshes once
     more instead of spinning."""
     guard = _SpinGuard(monkeypatch)
-    store = _HookStore(_token(clock, age=4000))
+    store = _HookStore(make_token(clock, age=4000))
     manager = make(store=store)
     late: list[asyncio.Task[str]] = []
 
@@ -223,7 +122,7 @@ async def test_a_refresh_started_during_revoke_does_not_resurrect_the_grant(
     meanwhile."""
     zoom = FakeZoom()
     zoom.gate = asyncio.Event()
-    _register(mock_http, zoom)
+    register(mock_http, zoom)
     revoke_gate = asyncio.Event()
 
     async def slow_revoke(url: Any, **kwargs: Any) -> CallbackResult:
@@ -231,7 +130,7 @@ async def test_a_refresh_started_during_revoke_does_not_resurrect_the_grant(
         return CallbackResult(payload={"status": "success"})
 
     mock_http.post(REVOKE_URL, callback=slow_revoke)
-    store = MemoryStore(_token(clock, age=3000))  # STALE
+    store = MemoryStore(make_token(clock, age=3000))  # STALE
     manager = make(store=store)
     await manager.load()
     revoking = asyncio.create_task(manager.revoke())
@@ -266,7 +165,7 @@ async def test_aclose_during_start_leaves_no_refresher_running(
     zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """aclose() while start() is still loading the store leaves no zoomtoken task behind."""
-    store = _SlowLoadStore(_token(clock, age=10))
+    store = _SlowLoadStore(make_token(clock, age=10))
     manager = make(store=store)
     starting = asyncio.create_task(manager.start())
     await _spin()
@@ -290,8 +189,8 @@ async def test_refresh_racing_aclose_fails_closed_and_posts_nothing(
     request."""
     zoom = FakeZoom()
     zoom.gate = asyncio.Event()
-    _register(mock_http, zoom)
-    store = _SlowLoadStore(_token(clock, age=4000))
+    register(mock_http, zoom)
+    store = _SlowLoadStore(make_token(clock, age=4000))
     manager = make(store=store)
     refreshing = asyncio.create_task(manager.refresh())
     await _spin()
@@ -334,14 +233,14 @@ async def test_an_unsaved_pair_never_overwrites_a_newer_grant_found_in_the_store
     """Once a newer pair (a re-authorised grant) is adopted from the store, the older unsaved pair
     is dropped, never saved over it."""
     zoom = FakeZoom()
-    _register(mock_http, zoom)
-    store = _FailingSaveStore(_token(clock, age=4000), fail=1)
+    register(mock_http, zoom)
+    store = _FailingSaveStore(make_token(clock, age=4000), fail=1)
     manager = make(store=store)
     with pytest.raises(TokenExpiredError):
         await manager.get_token()  # POST ok (rt-0 -> rt-1), save fails: rt-1 is unsaved
     # The user re-authorises (zoomtoken authorize): a new grant lands in the store, and
     # Zoom invalidates the earlier grant, rt-1 included.
-    new_grant = _token(clock, age=0, gen=1, access="at-new", refresh="rt-new")
+    new_grant = make_token(clock, age=0, gen=1, access="at-new", refresh="rt-new")
     await store.save(new_grant, expected_generation=0)
     zoom.current = "rt-new"
     await clock.advance(6)  # past the cool-down
@@ -364,9 +263,9 @@ async def test_aclose_during_a_failing_post_stops_the_burst_instead_of_retrying(
     zoom = FakeZoom()
     zoom.gate = asyncio.Event()
     zoom.script = [(503, {"error": "server_error"})]
-    _register(mock_http, zoom)
+    register(mock_http, zoom)
     manager = make(
-        store=MemoryStore(_token(clock, age=4000)), retry=RetryPolicy(max_attempts=5, budget=30)
+        store=MemoryStore(make_token(clock, age=4000)), retry=RetryPolicy(max_attempts=5, budget=30)
     )
     caller = asyncio.create_task(manager.get_token())
     await zoom.arrived.wait()  # the POST is on the wire: aclose() must let it land
@@ -392,9 +291,9 @@ async def test_revoke_interrupted_by_aclose_raises_manager_closed_not_cancelled(
     CancelledError."""
     zoom = FakeZoom()
     zoom.script = [(503, {"error": "server_error"})]
-    _register(mock_http, zoom)
+    register(mock_http, zoom)
     mock_http.post(REVOKE_URL, payload={"status": "success"}, repeat=True)
-    manager = make(store=MemoryStore(_token(clock, age=4000)))
+    manager = make(store=MemoryStore(make_token(clock, age=4000)))
     caller = asyncio.create_task(manager.get_token())
     await _spin()
     assert zoom.posts == 1 and clock.pending_sleepers == 1  # the burst backs off
@@ -416,7 +315,7 @@ async def test_get_token_never_serves_a_token_past_its_real_deadline_after_a_clo
     serve the old token past its real (monotonic) hard deadline."""
     mock_http.post(TOKEN_URL, status=503, body="{}", repeat=True)
     manager = make(
-        store=MemoryStore(_token(clock, age=0)), retry=RetryPolicy(max_attempts=1, budget=5)
+        store=MemoryStore(make_token(clock, age=0)), retry=RetryPolicy(max_attempts=1, budget=5)
     )
     await manager.start()
     assert await manager.get_token() == "at-old-0"
@@ -436,9 +335,9 @@ async def test_invalidate_during_the_failure_cool_down_sends_no_request(
     """A 401 reported through invalidate() while the failure cool-down runs causes no new POST."""
     zoom = FakeZoom()
     zoom.script = [(503, {"error": "server_error"})] * 100
-    _register(mock_http, zoom)
+    register(mock_http, zoom)
     manager = make(
-        store=MemoryStore(_token(clock, age=10)), retry=RetryPolicy(max_attempts=1, budget=30)
+        store=MemoryStore(make_token(clock, age=10)), retry=RetryPolicy(max_attempts=1, budget=30)
     )
     for _ in range(3):  # three failed bursts: the cool-down is now 20 s
         with pytest.raises(ZoomTokenError):
@@ -466,7 +365,7 @@ async def test_tokens_expired_on_arrival_back_off_with_a_growing_cool_down(
         return await zoom(url, **kwargs)
 
     mock_http.post(TOKEN_URL, callback=slow, repeat=True)
-    manager = make(store=MemoryStore(_token(clock, age=4000)))
+    manager = make(store=MemoryStore(make_token(clock, age=4000)))
     cooldowns = []
     for _ in range(3):
         with pytest.raises(TokenExpiredError):
@@ -488,7 +387,7 @@ async def test_aclose_does_not_wait_out_lease_polling_while_a_pair_is_unsaved(
 ) -> None:
     """aclose() returns promptly when the flight is only waiting for another holder's lease, and
     still makes its last-chance save."""
-    store = _SharedFailingSaveStore(_token(clock, age=4000), fail=1)
+    store = _SharedFailingSaveStore(make_token(clock, age=4000), fail=1)
     manager = make(store=store)
     with pytest.raises(TokenExpiredError):
         await manager.get_token()  # POST ok, save fails: the rotated pair is unsaved
@@ -533,7 +432,7 @@ async def test_start_retried_after_a_failed_load_runs_the_refresher(
 ) -> None:
     """A start() that failed because the store was unreachable can be retried and then runs the
     refresher."""
-    manager = make(store=_FlakyLoadStore(_token(clock, age=0), fail=1))
+    manager = make(store=_FlakyLoadStore(make_token(clock, age=0), fail=1))
     with pytest.raises(StoreError):
         await manager.start()
     await manager.start()
@@ -555,7 +454,7 @@ async def test_revoke_never_reports_success_without_revoking_the_grant(
         return CallbackResult(payload={"status": "success"})
 
     mock_http.post(REVOKE_URL, callback=revoke_endpoint, repeat=True)
-    store = _FlakyLoadStore(_token(clock, age=10), fail=1)  # unreachable for one call
+    store = _FlakyLoadStore(make_token(clock, age=10), fail=1)  # unreachable for one call
     manager = make(store=store)
     try:
         await manager.revoke()
@@ -575,8 +474,8 @@ async def test_a_second_concurrent_aclose_waits_until_the_manager_is_really_clos
     """A second aclose() returns only once the first has finished and no zoomtoken task is left."""
     zoom = FakeZoom()
     zoom.gate = asyncio.Event()
-    _register(mock_http, zoom)
-    manager = make(store=MemoryStore(_token(clock, age=4000)))
+    register(mock_http, zoom)
+    manager = make(store=MemoryStore(make_token(clock, age=4000)))
     caller = asyncio.create_task(manager.get_token())
     await zoom.arrived.wait()  # the refresh is between sending and saving
     first = asyncio.create_task(manager.aclose())
