@@ -360,18 +360,27 @@ class TokenManager:
         can be had, :class:`ReauthorizationRequiredError` once the grant is dead.
         """
         token = self._token
-        wall = self._wall
-        if token is not None and wall() < token.refresh_at:
+        wall = self._wall()
+        if token is not None and wall < token.refresh_at:
             return token.access_token
-        # Everything below is the slow path, kept in this one coroutine (no nested await of a
-        # helper coroutine): a herd of 100,000 callers pays for every frame.
+        # The slow path lives in its own coroutine: every local it needs would otherwise
+        # enlarge the frame that each hot-path call allocates.
+        return await self._get_token_slow(wall)
+
+    async def _get_token_slow(self, wall: float) -> str:
         if not self._loaded:
             self._check_open()
             await self._ensure_loaded()
-        served = self._serve_without_waiting()
+            wall = self._wall()
+        served = self._serve_without_waiting(wall)
         if served is not None:
             return served
-        waiter = self._join_refresh(min_generation=None, explicit=False)
+        flight = self._flight
+        if flight is not None and flight.expired_wait_emitted and self._dead is None:
+            # A herd joining a refresh already under way: nothing to decide but the join.
+            waiter = flight.join()
+        else:
+            waiter = self._join_refresh(min_generation=None, explicit=False)
         try:
             fresh = await waiter
         except BaseException as exc:
@@ -381,13 +390,17 @@ class TokenManager:
             raise error from exc
         return fresh.access_token
 
-    def _serve_without_waiting(self) -> str | None:
-        """The token if it is FRESH or STALE (then making sure a refresh runs), else None."""
+    def _serve_without_waiting(self, wall: float) -> str | None:
+        """The token if it is FRESH or STALE (then making sure a refresh runs), else None.
+
+        ``wall`` is the wall clock just read by the caller (epoch seconds).
+        """
         self._check_open()
         token = self._token
-        if token is None:
+        if token is None or wall >= token.hard_deadline:
+            # Expired by the wall clock alone: the monotonic view can only make it later.
             return None
-        state = token.state(self._now())
+        state = token.state(max(wall, self._clock.monotonic() + self._clock_offset))
         if state is TokenState.FRESH:
             return token.access_token
         if state is TokenState.STALE:
