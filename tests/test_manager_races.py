@@ -486,3 +486,29 @@ async def test_a_second_concurrent_aclose_waits_until_the_manager_is_really_clos
     zoom.gate.set()
     await asyncio.gather(first, second, caller, return_exceptions=True)
     assert not second_returned_early
+
+
+class _HeldLeaseStore(MemoryStore):
+    """A shared store whose lease another process holds for ever."""
+
+    shared = True
+
+    async def try_acquire_lease(self, *, ttl: float) -> Any:
+        return None
+
+
+async def test_a_clock_jump_during_lease_polling_does_not_end_the_wait_early(
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
+) -> None:
+    """Lease polling gives up after waiting out the lease's TTL, however far the clock jumps."""
+    manager = make(store=_HeldLeaseStore(make_token(clock, age=4000)), lease_ttl=10)
+    waiter = asyncio.create_task(manager.refresh(force=True))
+    await clock.advance(0.05)
+    clock.stall(7200)  # a blocked loop: both clocks jump two hours, nobody runs meanwhile
+    await clock.advance(0)
+    assert not waiter.done()
+    await clock.advance(12)
+    with pytest.raises(ZoomTokenError):
+        await waiter
+    assert sum(clock.sleeps) >= 10
+    assert zoom.posts == 0

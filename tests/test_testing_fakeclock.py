@@ -254,3 +254,23 @@ def test_fake_clock_repr_shows_both_clocks() -> None:
     """The repr names both clock readings and the autojump mode."""
     text = repr(FakeClock(wall=5.0, monotonic=6.0))
     assert text == "FakeClock(wall=5.0, monotonic=6.0, autojump=False, pending_sleepers=0)"
+
+
+async def test_stall_moves_both_clocks_and_wakes_sleepers_only_on_the_next_advance() -> None:
+    """stall() jumps wall and monotonic time together; due sleepers run at advance(0)."""
+    clock = FakeClock()
+    woke: list[float] = []
+
+    async def sleeper() -> None:
+        await clock.sleep(5)
+        woke.append(clock.monotonic())
+
+    task = asyncio.create_task(sleeper())
+    await asyncio.sleep(0)
+    wall, mono = clock.time(), clock.monotonic()
+    clock.stall(60)
+    assert (clock.time() - wall, clock.monotonic() - mono) == (60, 60)
+    assert woke == []
+    await clock.advance(0)
+    await task
+    assert woke == [mono + 60]

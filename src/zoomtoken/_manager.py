@@ -730,7 +730,11 @@ class TokenManager:
         self, store: TokenStore, start: int | None, min_generation: int | None
     ) -> tuple[Lease | None, Token | None]:
         """Take the cross-process lease, or adopt what the holder produced meanwhile."""
-        give_up_at = self._clock.monotonic() + self._lease_ttl + LEASE_POLL_MAX
+        # The patience is the time we actually spent waiting, not a clock difference: a clock
+        # that jumps (a blocked loop, a suspend) must not make us give up after one poll while
+        # the holder is still legitimately refreshing.
+        patience = self._lease_ttl + LEASE_POLL_MAX
+        waited = 0.0
         delay = LEASE_POLL_FIRST
         while True:
             lease = await store.try_acquire_lease(ttl=self._lease_ttl)
@@ -739,11 +743,12 @@ class TokenManager:
             adopted = await self._adopt_from_store(start, min_generation)
             if adopted is not None:
                 return None, adopted
-            if self._clock.monotonic() + delay >= give_up_at:
+            if waited + delay >= patience:
                 raise LeaseLostError(
                     "another process holds the refresh lease and produced no new token"
                 )
             await self._pause(delay)
+            waited += delay
             delay = min(delay * 2, LEASE_POLL_MAX)
 
     # ------------------------------------------------------------------ internals: flight

@@ -189,6 +189,16 @@ class FakeClock:
             raise ValueError("suspend() needs a non-negative number of seconds")
         self._wall += seconds
 
+    def stall(self, seconds: float) -> None:
+        """The event loop was blocked ``seconds``: both clocks jump, nobody runs meanwhile.
+
+        Sleepers whose deadline passed wake at the next :meth:`advance` (``advance(0)``), all
+        seeing the late time, as after a long synchronous call on a real loop.
+        """
+        if not seconds >= 0:
+            raise ValueError("stall() needs a non-negative number of seconds")
+        self._move_to(self._monotonic + seconds)
+
     def jump_wall(self, seconds: float) -> None:
         """The wall clock is stepped by ``seconds`` (either sign), as by NTP; monotonic stays."""
         self._wall += seconds
