@@ -91,15 +91,13 @@ class _Flight:
         "_compact_at",
         "_loop",
         "expired_wait_emitted",
-        "min_generation",
         "task",
         "waiters",
     )
 
-    def __init__(self, task: asyncio.Task[Token], min_generation: int | None) -> None:
+    def __init__(self, task: asyncio.Task[Token]) -> None:
         self.task = task
         self._loop = task.get_loop()
-        self.min_generation = min_generation
         self.expired_wait_emitted = False
         self.waiters: list[asyncio.Future[Token]] = []
         self._compact_at = 64
@@ -767,7 +765,7 @@ class TokenManager:
             self._refresh_flight(min_generation, self.generation),
             name="zoomtoken-refresh",
         )
-        flight = _Flight(task, min_generation)
+        flight = _Flight(task)
         self._flight = flight
         task.add_done_callback(self._flight_done)
         return flight
