@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aioresponses import CallbackResult, aioresponses
 
-from zoomtoken import Token, TokenManager
+from zoomtoken import MemoryStore, StoreError, Token, TokenManager
 from zoomtoken.testing import FakeClock
 
 TOKEN_URL = "https://zoom.us/oauth/token"
@@ -59,6 +59,20 @@ class FakeZoom:
                 "expires_in": self.expires_in,
             }
         )
+
+
+class FailingSaveStore(MemoryStore):
+    """A MemoryStore whose next ``fail`` saves raise."""
+
+    def __init__(self, token: Token | None, fail: int) -> None:
+        super().__init__(token)
+        self.fail = fail
+
+    async def save(self, token: Token, **kwargs: Any) -> None:
+        if self.fail > 0:
+            self.fail -= 1
+            raise StoreError("disk full")
+        await super().save(token, **kwargs)
 
 
 def make_token(

@@ -24,6 +24,7 @@ from conftest import (
 from manager_fakes import (
     REVOKE_URL,
     TOKEN_URL,
+    FailingSaveStore,
     FakeZoom,
     make_token,
     register,
@@ -37,7 +38,6 @@ from zoomtoken import (
     OAuthError,
     ReauthorizationRequiredError,
     RetryPolicy,
-    StoreError,
     Token,
     TokenExpiredError,
     TokenManager,
@@ -101,17 +101,10 @@ async def test_stale_token_is_served_while_one_refresh_runs(
 
 
 async def test_cancelling_the_caller_that_started_the_refresh_does_not_stop_it(
-    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """The refresh runs detached: cancelling its first caller leaves it running for others."""
-    gate = asyncio.Event()
-    zoom = FakeZoom()
-
-    async def slow(url: Any, **kwargs: Any) -> CallbackResult:
-        await gate.wait()
-        return await zoom(url, **kwargs)
-
-    mock_http.post(TOKEN_URL, callback=slow, repeat=True)
+    zoom.gate = gate = asyncio.Event()
     manager = make(store=MemoryStore(make_token(clock, age=4000)))
     first = asyncio.create_task(manager.get_token())
     await asyncio.sleep(0)
@@ -305,20 +298,6 @@ async def test_token_expired_on_arrival_does_not_cause_a_hot_loop(
 
 
 # ---------------------------------------------------------------------------------- store
-
-
-class FailingSaveStore(MemoryStore):
-    """A MemoryStore whose next ``fail`` saves raise."""
-
-    def __init__(self, token: Token | None, fail: int) -> None:
-        super().__init__(token)
-        self.fail = fail
-
-    async def save(self, token: Token, **kwargs: Any) -> None:
-        if self.fail > 0:
-            self.fail -= 1
-            raise StoreError("disk full")
-        await super().save(token, **kwargs)
 
 
 async def test_new_token_is_not_handed_out_before_it_is_saved(
@@ -716,17 +695,10 @@ async def test_store_notification_is_adopted_without_a_post(
 
 
 async def test_many_cancelled_waiters_leave_the_flight_and_the_rest_alone(
-    mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
+    zoom: FakeZoom, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
     """Cancelling 900 of 1,000 waiters cancels neither the refresh nor the other 100."""
-    gate = asyncio.Event()
-    zoom = FakeZoom()
-
-    async def slow(url: Any, **kwargs: Any) -> CallbackResult:
-        await gate.wait()
-        return await zoom(url, **kwargs)
-
-    mock_http.post(TOKEN_URL, callback=slow, repeat=True)
+    zoom.gate = gate = asyncio.Event()
     manager = make(store=MemoryStore(make_token(clock, age=4000)))
     callers = [asyncio.create_task(manager.get_token()) for _ in range(1000)]
     for _ in range(5):

@@ -16,6 +16,7 @@ from aioresponses import CallbackResult, aioresponses
 from manager_fakes import (
     REVOKE_URL,
     TOKEN_URL,
+    FailingSaveStore,
     FakeZoom,
     make_token,
     register,
@@ -213,20 +214,6 @@ async def test_refresh_racing_aclose_fails_closed_and_posts_nothing(
 # ------------------------------------------------------------- 4. stale unsaved pair
 
 
-class _FailingSaveStore(MemoryStore):
-    """A MemoryStore whose next ``fail`` saves raise."""
-
-    def __init__(self, token: Token | None, fail: int) -> None:
-        super().__init__(token)
-        self.fail = fail
-
-    async def save(self, token: Token, **kwargs: Any) -> None:
-        if self.fail > 0:
-            self.fail -= 1
-            raise StoreError("disk full")
-        await super().save(token, **kwargs)
-
-
 async def test_an_unsaved_pair_never_overwrites_a_newer_grant_found_in_the_store(
     mock_http: aioresponses, make: Callable[..., TokenManager], clock: FakeClock
 ) -> None:
@@ -234,7 +221,7 @@ async def test_an_unsaved_pair_never_overwrites_a_newer_grant_found_in_the_store
     is dropped, never saved over it."""
     zoom = FakeZoom()
     register(mock_http, zoom)
-    store = _FailingSaveStore(make_token(clock, age=4000), fail=1)
+    store = FailingSaveStore(make_token(clock, age=4000), fail=1)
     manager = make(store=store)
     with pytest.raises(TokenExpiredError):
         await manager.get_token()  # POST ok (rt-0 -> rt-1), save fails: rt-1 is unsaved
@@ -376,7 +363,7 @@ async def test_tokens_expired_on_arrival_back_off_with_a_growing_cool_down(
     assert cooldowns[0] < cooldowns[1] < cooldowns[2]
 
 
-class _SharedFailingSaveStore(_FailingSaveStore):
+class _SharedFailingSaveStore(FailingSaveStore):
     """A failing-save MemoryStore that says it is shared, so the manager takes its lease."""
 
     shared = True
