@@ -518,7 +518,6 @@ async def test_watch_survives_a_redis_restart(
     pending = asyncio.ensure_future(anext(updates))
     await wait_until(lambda: _has_subscriber(raw, mine))
     redis_server.stop()
-    await asyncio.sleep(0.2)  # let the watcher notice and back off
     redis_server.start()
     await asyncio.wait_for(pending, SOON)  # yielded
     await wait_until(lambda: _has_subscriber(raw, mine))
